@@ -1,0 +1,479 @@
+"""Plain-Python reading and validation of FER2013 in the three forms it is distributed in.
+
+* folder: the Kaggle layout, `train/<emotion>/*.jpg` and `test/<emotion>/*.jpg`;
+* csv: `fer2013.csv` (columns `emotion,pixels,Usage`) or `icml_face_data.csv`
+  (same columns, header with leading spaces);
+* zip: a .zip archive holding either of the above, at its root or in one folder.
+
+Split mapping: `train/` and Usage `Training` -> train; `test/` and Usage
+`PublicTest` -> eval; Usage `PrivateTest` (or a `PrivateTest_*` file in
+`test/`) -> test.
+
+Every record ends in exactly one `Outcome` status:
+  ok           valid 48x48 grayscale image, kept byte for byte;
+  converted    decodable image of another size/mode/format, converted to a
+               48x48 grayscale PNG (kept, and listed in the report);
+  quarantined  unusable (empty, not an image, undecodable, unknown emotion,
+               bad CSV row, zip entry escaping the archive root...), with reason;
+  excluded     a valid emotion outside the configured classes;
+  sampled_out  left out by the profile's stratified sample.
+Nothing is dropped without a status; the ExampleGen counts and reports them all.
+
+No Beam here: the ExampleGen executor maps these functions over records.
+"""
+import csv
+import dataclasses
+import hashlib
+import io
+import os
+import posixpath
+import re
+import zipfile
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image, UnidentifiedImageError
+
+from pipeline import features
+
+OK, CONVERTED, QUARANTINED, EXCLUDED, SAMPLED_OUT = (
+    "ok", "converted", "quarantined", "excluded", "sampled_out")
+STATUSES = (OK, CONVERTED, QUARANTINED, EXCLUDED, SAMPLED_OUT)
+
+CSV_NAMES = ("fer2013.csv", "icml_face_data.csv")
+_FOLDER_SPLIT_DIRS = {"train": "train", "eval": "test", "test": "test"}
+_PRIVATE_PREFIX = features.USAGE_PRIVATE_TEST + "_"
+_KEEP_FORMATS = ("JPEG", "PNG")
+
+
+class DataError(ValueError):
+    """The data path cannot be used at all (as opposed to a single bad record)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceInfo:
+    """What `detect_source` found at a data path.
+
+    input_base: directory the ExampleGen reads from; patterns: per split, the
+    glob under input_base whose files make up that split (used by TFX to
+    fingerprint the input); layout: 'folder', 'csv' or 'zip'; inner_layout:
+    for zip, the layout inside the archive.
+    """
+    layout: str
+    input_base: str
+    patterns: Tuple[Tuple[str, str], ...]
+    inner_layout: str = ""
+
+    @property
+    def splits(self) -> Tuple[str, ...]:
+        return tuple(name for name, _ in self.patterns)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordRef:
+    """One record before it is read: where it is and what its location says."""
+    split: str
+    image_id: str
+    source: str                 # human-readable location (path, archive!member, file:row)
+    usage: str                  # FER2013 Usage of the record
+    raw_label: str              # emotion folder name or CSV code, as found
+    label_name: Optional[str]   # the emotion, or None when raw_label is not one
+    location: Tuple = ()        # ('file', path) | ('zip', archive, member) | ('pixels', text)
+    problem: str = ""           # known before reading (e.g. zip entry escapes root)
+    sampled_out: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What became of one record; `example` is a serialized tf.Example when kept."""
+    split: str
+    image_id: str
+    source: str
+    label_name: str
+    status: str
+    reason: str = ""
+    example: Optional[bytes] = None
+
+    def report_row(self) -> Dict[str, str]:
+        return {"split": self.split, "image_id": self.image_id, "source": self.source,
+                "label": self.label_name, "status": self.status, "reason": self.reason}
+
+
+# ----------------------------------------------------------------------------
+# Detecting the layout
+# ----------------------------------------------------------------------------
+
+def detect_source(path: str) -> SourceInfo:
+    """Recognizes the FER2013 form at `path`; raises DataError naming what is wrong."""
+    if not path:
+        raise DataError("no data path given")
+    if not tf.io.gfile.exists(path):
+        raise DataError(f"data path does not exist: {path}")
+    if tf.io.gfile.isdir(path):
+        if _is_dir(path, "train") or _is_dir(path, "test"):
+            return _detect_folder(path)
+        csvs = [n for n in CSV_NAMES if tf.io.gfile.exists(os.path.join(path, n))]
+        if csvs:
+            return detect_source(os.path.join(path, csvs[0]))
+        if not tf.io.gfile.listdir(path):
+            raise DataError(f"data folder is empty: {path}")
+        raise DataError(f"unrecognized layout in {path}: expected train/ and test/ folders "
+                        f"with one folder per emotion, {' or '.join(CSV_NAMES)}, or a .zip")
+    lower = path.lower()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise DataError(f"data file is empty: {path}")
+    if lower.endswith(".zip") or head.startswith(b"PK\x03\x04"):
+        return _detect_zip(path)
+    if lower.endswith(".csv"):
+        with tf.io.gfile.GFile(path, "r") as f:
+            usages = _csv_usages(f, path)
+        return _single_file_source("csv", path, usages)
+    raise DataError(f"unrecognized data file {path}: expected a .csv or a .zip")
+
+
+def _is_dir(base: str, name: str) -> bool:
+    return tf.io.gfile.isdir(os.path.join(base, name))
+
+
+def _detect_folder(root: str) -> SourceInfo:
+    if not _is_dir(root, "train"):
+        raise DataError(f"{root} has no train/ folder")
+    if not _is_dir(root, "test"):
+        raise DataError(f"{root} has no test/ folder (it feeds the eval split)")
+    names = {split: [] for split in features.SPLITS}
+    for split in features.SPLITS:
+        for emotion_dir in _subdirs(os.path.join(root, _FOLDER_SPLIT_DIRS[split])):
+            names[split] += [n for n in tf.io.gfile.listdir(emotion_dir)
+                             if _folder_split_of(split, n) == split]
+    if not names["train"]:
+        raise DataError(f"no images under {os.path.join(root, 'train')}/<emotion>/")
+    if not names["eval"]:
+        raise DataError(f"no images under {os.path.join(root, 'test')}/<emotion>/")
+    patterns = [("train", "train/*/*"), ("eval", "test/*/*")]
+    if names["test"]:
+        patterns.append(("test", f"test/*/{_PRIVATE_PREFIX}*"))
+    return SourceInfo("folder", root, tuple(patterns))
+
+
+def _subdirs(path: str) -> List[str]:
+    if not tf.io.gfile.isdir(path):
+        return []
+    return sorted(os.path.join(path, n.rstrip("/")) for n in tf.io.gfile.listdir(path)
+                  if tf.io.gfile.isdir(os.path.join(path, n)))
+
+
+def _folder_split_of(folder_split: str, file_name: str) -> str:
+    """train/ files feed train; test/ files feed test if PrivateTest_*, else eval."""
+    if folder_split == "train":
+        return "train"
+    return "test" if file_name.startswith(_PRIVATE_PREFIX) else "eval"
+
+
+def _single_file_source(layout: str, path: str, usages: Iterable[str], inner: str = "") -> SourceInfo:
+    present = {features.SPLIT_BY_USAGE[u] for u in usages if u in features.SPLIT_BY_USAGE}
+    for split in ("train", "eval"):
+        if split not in present:
+            usage = [u for u, s in features.SPLIT_BY_USAGE.items() if s == split][0]
+            raise DataError(f"{path} has no {usage} records (they feed the {split} split)")
+    base, name = os.path.split(path)
+    patterns = tuple((s, name) for s in features.SPLITS if s in present)
+    return SourceInfo(layout, base or ".", patterns, inner)
+
+
+def _csv_columns(header: Sequence[str], where: str) -> Dict[str, int]:
+    columns = {name.strip().lower(): i for i, name in enumerate(header)}
+    missing = [c for c in ("emotion", "pixels", "usage") if c not in columns]
+    if missing:
+        raise DataError(f"{where}: CSV header {list(header)} lacks column(s) {', '.join(missing)}")
+    return {"emotion": columns["emotion"], "pixels": columns["pixels"], "usage": columns["usage"]}
+
+
+def _csv_usages(text: io.TextIOBase, where: str) -> set:
+    reader = csv.reader(text)
+    header = next(reader, None)
+    if header is None:
+        raise DataError(f"{where}: CSV file is empty")
+    col = _csv_columns(header, where)["usage"]
+    return {row[col].strip() for row in reader if len(row) > col}
+
+
+def _zip_layout(zf: zipfile.ZipFile) -> Tuple[str, str]:
+    """Returns ('folder', prefix) or ('csv', member) for an archive's content."""
+    names = [n for n in zf.namelist() if not n.startswith("__MACOSX/")]
+    for name in names:
+        m = re.match(r"^(.*?)(train|test)/[^/]+/[^/]+$", name)
+        if m and not _escapes(name):
+            return "folder", m.group(1)
+    csvs = [n for n in names if n.lower().endswith(".csv") and not _escapes(n)]
+    for preferred in CSV_NAMES:
+        for n in csvs:
+            if posixpath.basename(n).lower() == preferred:
+                return "csv", n
+    if csvs:
+        return "csv", csvs[0]
+    return "", ""
+
+
+def _detect_zip(path: str) -> SourceInfo:
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f, zipfile.ZipFile(f) as zf:
+            inner, where = _zip_layout(zf)
+            if inner == "csv":
+                with zf.open(where) as member:
+                    usages = _csv_usages(io.TextIOWrapper(member, "utf-8", newline=""),
+                                         f"{path}!{where}")
+            elif inner == "folder":
+                usages = set()
+                for name in zf.namelist():
+                    if name.startswith(where) and not name.endswith("/"):
+                        parts = name[len(where):].split("/")
+                        if len(parts) == 3 and parts[0] in ("train", "test"):
+                            split = _folder_split_of(
+                                "train" if parts[0] == "train" else "eval", parts[2])
+                            usages.add({v: k for k, v in features.SPLIT_BY_USAGE.items()}[split])
+            else:
+                raise DataError(f"{path}: the archive holds neither train/ and test/ folders "
+                                f"nor a CSV file")
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{path}: not a readable zip archive ({e})") from None
+    return _single_file_source("zip", path, usages, inner)
+
+
+# ----------------------------------------------------------------------------
+# Enumerating the records of one split
+# ----------------------------------------------------------------------------
+
+def enumerate_split(source_path: str, layout: str, split: str,
+                    classes: Sequence[str], sample_per_class: int = 0) -> List[RecordRef]:
+    """All records of `split` at `source_path` (a folder root, CSV or zip file).
+
+    With `sample_per_class` > 0, records of each class beyond a deterministic
+    (hash of image_id) stratified sample are marked `sampled_out` and carry no
+    payload.
+    """
+    if layout == "folder":
+        refs = list(_folder_refs(source_path, split))
+    elif layout == "csv":
+        with tf.io.gfile.GFile(source_path, "r") as f:
+            refs = list(_csv_refs(f, source_path, split))
+    elif layout == "zip":
+        refs = list(_zip_refs(source_path, split))
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+    return _sample(refs, classes, sample_per_class) if sample_per_class else refs
+
+
+def _emotion(raw: str) -> Optional[str]:
+    name = raw.strip().lower()
+    return name if name in features.EMOTIONS else None
+
+
+def _usage_of(split: str) -> str:
+    return {v: k for k, v in features.SPLIT_BY_USAGE.items()}[split]
+
+
+def _folder_refs(root: str, split: str) -> Iterator[RecordRef]:
+    split_dir = os.path.join(root, _FOLDER_SPLIT_DIRS[split])
+    for name in sorted(tf.io.gfile.listdir(split_dir)):
+        path = os.path.join(split_dir, name.rstrip("/"))
+        if tf.io.gfile.isdir(path):
+            continue
+        if _folder_split_of(_FOLDER_SPLIT_DIRS[split], name) == split:
+            yield RecordRef(split, os.path.splitext(name)[0], path, _usage_of(split), "", None,
+                            ("file", path), problem="file is not inside an emotion folder")
+    for emotion_dir in _subdirs(split_dir):
+        folder = os.path.basename(emotion_dir)
+        for name in sorted(tf.io.gfile.listdir(emotion_dir)):
+            path = os.path.join(emotion_dir, name.rstrip("/"))
+            if _folder_split_of(_FOLDER_SPLIT_DIRS[split], name) != split or tf.io.gfile.isdir(path):
+                continue
+            yield RecordRef(split, os.path.splitext(name)[0], path, _usage_of(split), folder,
+                            _emotion(folder), ("file", path))
+
+
+def _csv_refs(text: io.TextIOBase, where: str, split: str) -> Iterator[RecordRef]:
+    reader = csv.reader(text)
+    cols = _csv_columns(next(reader), where)
+    wanted = _usage_of(split)
+    for row_index, row in enumerate(reader):
+        if not row:
+            continue
+        source = f"{where}:row {row_index + 1}"  # 1-based data row, header excluded
+        if len(row) <= max(cols.values()):
+            if split == "train":  # a row without a Usage belongs to no split: report it once
+                yield RecordRef(split, f"row_{row_index}", source, "", "", None,
+                                problem=f"expected at least {max(cols.values()) + 1} columns, "
+                                        f"got {len(row)}")
+            continue
+        usage = row[cols["usage"]].strip()
+        if usage not in features.SPLIT_BY_USAGE:
+            if split == "train":
+                yield RecordRef(split, f"{usage}_{row_index}", source, usage, "", None,
+                                problem=f"unknown Usage {usage!r}")
+            continue
+        if usage != wanted:
+            continue
+        code = row[cols["emotion"]].strip()
+        label = features.EMOTIONS[int(code)] if code.isdigit() and int(code) < len(
+            features.EMOTIONS) else None
+        yield RecordRef(split, f"{usage}_{row_index}", source, usage, code, label,
+                        ("pixels", row[cols["pixels"]]))
+
+
+def _escapes(name: str) -> bool:
+    """True for archive entries that would land outside the extraction root."""
+    normalized = posixpath.normpath(name.replace("\\", "/"))
+    return (name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) is not None
+            or normalized == ".." or normalized.startswith("../"))
+
+
+def _zip_refs(path: str, split: str) -> Iterator[RecordRef]:
+    with tf.io.gfile.GFile(path, "rb") as f, zipfile.ZipFile(f) as zf:
+        inner, where = _zip_layout(zf)
+        if inner == "csv":
+            with zf.open(where) as member:
+                yield from _csv_refs(io.TextIOWrapper(member, "utf-8", newline=""),
+                                     f"{path}!{where}", split)
+        names = zf.namelist()
+    if split == "train":  # entries outside the root belong to no split: report them once
+        for name in names:
+            if _escapes(name) and not name.endswith("/"):
+                stem = os.path.splitext(posixpath.basename(name))[0]
+                yield RecordRef(split, stem, f"{path}!{name}", "", "", None,
+                                problem="zip entry escapes the archive root")
+    if inner != "folder":
+        return
+    folder_split = _FOLDER_SPLIT_DIRS[split]
+    for name in names:
+        if name.endswith("/") or _escapes(name) or not name.startswith(where + folder_split + "/"):
+            continue
+        parts = name[len(where) + len(folder_split) + 1:].split("/")
+        file_name = parts[-1]
+        if _folder_split_of(folder_split, file_name) != split:
+            continue
+        stem = os.path.splitext(file_name)[0]
+        if len(parts) != 2:
+            yield RecordRef(split, stem, f"{path}!{name}", _usage_of(split), "", None,
+                            ("zip", path, name), problem="file is not inside an emotion folder")
+            continue
+        yield RecordRef(split, stem, f"{path}!{name}", _usage_of(split), parts[0],
+                        _emotion(parts[0]), ("zip", path, name))
+
+
+def _sample(refs: List[RecordRef], classes: Sequence[str], per_class: int) -> List[RecordRef]:
+    by_class: Dict[str, List[RecordRef]] = {}
+    for ref in refs:
+        if not ref.problem and ref.label_name in classes:
+            by_class.setdefault(ref.label_name, []).append(ref)
+    keep = set()
+    for members in by_class.values():
+        members.sort(key=lambda r: hashlib.md5(r.image_id.encode()).hexdigest())
+        keep.update(id(r) for r in members[:per_class])
+    return [r if id(r) in keep or r.problem or r.label_name not in by_class
+            else dataclasses.replace(r, sampled_out=True, location=()) for r in refs]
+
+
+# ----------------------------------------------------------------------------
+# Reading and validating one record
+# ----------------------------------------------------------------------------
+
+def to_outcome(ref: RecordRef, classes: Sequence[str]) -> Outcome:
+    """Reads, validates and (if usable) encodes one record as a tf.Example."""
+    label = ref.label_name or ""
+
+    def result(status: str, reason: str = "", example: Optional[bytes] = None) -> Outcome:
+        return Outcome(ref.split, ref.image_id, ref.source, label, status, reason, example)
+
+    if ref.problem:
+        return result(QUARANTINED, ref.problem)
+    if ref.label_name is None:
+        kind = "emotion code" if ref.location[:1] == ("pixels",) else "emotion folder"
+        return result(QUARANTINED, f"unknown {kind} {ref.raw_label!r}")
+    if ref.label_name not in classes:
+        return result(EXCLUDED, "emotion not in the configured classes")
+    if ref.sampled_out:
+        return result(SAMPLED_OUT, "not in the profile's stratified sample")
+    try:
+        if ref.location[0] == "pixels":
+            encoded, note = _pixels_to_png(ref.location[1]), ""
+        else:
+            encoded, note = _checked_image(_read_bytes(ref.location))
+    except _BadRecord as e:
+        return result(QUARANTINED, str(e))
+    example = make_example(encoded, ref.label_name, ref.usage, ref.image_id)
+    return result(CONVERTED if note else OK, note, example)
+
+
+class _BadRecord(Exception):
+    pass
+
+
+def _read_bytes(location: Tuple) -> bytes:
+    try:
+        if location[0] == "file":
+            with tf.io.gfile.GFile(location[1], "rb") as f:
+                return f.read()
+        with tf.io.gfile.GFile(location[1], "rb") as f, zipfile.ZipFile(f) as zf:
+            return zf.read(location[2])
+    except (OSError, zipfile.BadZipFile, tf.errors.OpError) as e:
+        raise _BadRecord(f"cannot read: {e}") from None
+
+
+def _checked_image(data: bytes) -> Tuple[bytes, str]:
+    """Returns (bytes to keep, conversion note); raises _BadRecord for non-images."""
+    if not data:
+        raise _BadRecord("empty file")
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except UnidentifiedImageError:
+        raise _BadRecord("not an image file") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise _BadRecord(f"cannot decode image: {e}") from None
+    size = (features.IMAGE_SIZE, features.IMAGE_SIZE)
+    if image.size == size and image.mode == "L" and image.format in _KEEP_FORMATS:
+        return data, ""
+    note = (f"converted {image.format} {image.mode} {image.size[0]}x{image.size[1]} "
+            f"to 48x48 grayscale PNG")
+    converted = image.convert("L")
+    if converted.size != size:
+        converted = converted.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
+    return _png(np.asarray(converted)), note
+
+
+def _pixels_to_png(text: str) -> bytes:
+    values = text.split()
+    if len(values) != features.NUM_PIXELS:
+        raise _BadRecord(f"expected {features.NUM_PIXELS} pixel values, got {len(values)}")
+    try:
+        pixels = np.array([int(v) for v in values], dtype=np.int64)
+    except ValueError:
+        bad = next(v for v in values if not v.lstrip("-").isdigit())
+        raise _BadRecord(f"non-numeric pixel value {bad[:20]!r}") from None
+    if pixels.min() < 0 or pixels.max() > 255:
+        raise _BadRecord("pixel value outside 0..255")
+    return _png(pixels.astype(np.uint8).reshape(features.IMAGE_SIZE, features.IMAGE_SIZE))
+
+
+def _png(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array, mode="L").save(out, format="PNG")
+    return out.getvalue()
+
+
+def make_example(encoded: bytes, label_name: str, usage: str, image_id: str) -> bytes:
+    """A serialized tf.Example with the raw features the pipeline expects."""
+    def bytes_feature(value: bytes) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        features.IMAGE_KEY: bytes_feature(encoded),
+        features.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(
+            value=[features.EMOTIONS.index(label_name)])),
+        features.LABEL_NAME_KEY: bytes_feature(label_name.encode()),
+        features.SOURCE_SPLIT_KEY: bytes_feature(usage.encode()),
+        features.IMAGE_ID_KEY: bytes_feature(image_id.encode()),
+    })).SerializeToString()

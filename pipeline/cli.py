@@ -1,0 +1,103 @@
+"""`fer-pipeline`: the command line of the FER2013 TFX pipeline.
+
+    fer-pipeline run --data PATH --output DIR [--profile smoke|full] [--runner local|beam]
+                     [--model NAME] [--classes a,b,c] [--epochs N] [--min-accuracy X]
+
+Exit codes: 0 the pipeline ran (blessed or not: see the summary), 1 a
+component failed, 2 bad arguments or unusable data.
+"""
+import argparse
+import logging
+import os
+import sys
+import traceback
+from typing import List, Optional
+
+# Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+PROG = "fer-pipeline"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        sys.stderr.write(f"{PROG}: error: {message}\n")
+        sys.exit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from pipeline import config, run
+    from components.trainer import model
+
+    parser = _Parser(prog=PROG, description="TFX pipeline for facial emotion recognition on FER2013")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("run", help="run the pipeline: ingest, validate, train, evaluate, push")
+    p.add_argument("--data", required=True,
+                   help="FER2013 as a Kaggle folder (train/, test/), fer2013.csv, or a .zip of either")
+    p.add_argument("--output", required=True, help="directory for everything the run makes")
+    p.add_argument("--profile", choices=config.PROFILES, default="full",
+                   help="smoke: small stratified sample, 2 epochs; full: all data, full recipe")
+    p.add_argument("--runner", choices=run.RUNNERS, default="local",
+                   help="orchestrator: TFX LocalDagRunner or BeamDagRunner")
+    p.add_argument("--model", choices=sorted(model.BUILDERS), default="dcnn")
+    p.add_argument("--classes", default="",
+                   help="comma-separated emotions to train on (default: all seven)")
+    p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
+    p.add_argument("--min-accuracy", type=float,
+                   help="override the profile's blessing threshold on eval accuracy")
+    p.add_argument("--direct-mode", choices=run.DIRECT_MODES,
+                   help="Beam DirectRunner mode (default: in_memory for local, multi_processing for beam)")
+    p.add_argument("--workers", type=int, default=0, help="Beam DirectRunner workers (0: one per CPU)")
+    p.add_argument("--no-cache", action="store_true", help="re-run every component")
+    p.add_argument("--verbose", action="store_true", help="show TFX and Beam logs")
+    return parser
+
+
+def _settings(args: argparse.Namespace):
+    from pipeline import features, run
+
+    classes = features.validate_classes(args.classes.split(",")) if args.classes else features.EMOTIONS
+    if args.epochs is not None and args.epochs < 1:
+        raise ValueError("--epochs must be at least 1")
+    if args.workers < 0:
+        raise ValueError("--workers must be >= 0")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ValueError(f"--output is a file, not a directory: {args.output}")
+    return run.RunSettings(
+        data=args.data, output=args.output, profile=args.profile, runner=args.runner,
+        model=args.model, classes=classes, epochs=args.epochs, min_accuracy=args.min_accuracy,
+        direct_mode=args.direct_mode, workers=args.workers, enable_cache=not args.no_cache)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.INFO if args.verbose else absl_logging.ERROR)
+    if not args.verbose:
+        for name in ("apache_beam", "tensorflow"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+    from components.example_gen.fer2013 import DataError
+    from pipeline import run, summary
+
+    try:
+        settings = _settings(args)
+    except ValueError as e:
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        return 2
+    try:
+        result = run.run(settings)
+    except DataError as e:
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        return 2
+    except run.PipelineFailed as e:  # a component failed
+        if args.verbose:
+            traceback.print_exception(e.__cause__)
+        sys.stderr.write(f"{PROG}: pipeline failed: {e}\n")
+        return 1
+    print(summary.format_text(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Typed, frozen configuration: read once at the edge (CLI/runners), passed down as values.
+
+`IngestConfig`, `TrainingConfig` and `EvaluationConfig` travel into components as
+plain dicts (`to_dict`/`from_dict`), so what a run used is recorded in ML Metadata.
+`profile_configs` holds the two built-in profiles.
+"""
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from pipeline import features
+
+PROFILES = ("smoke", "full")
+
+
+class _DictMixin:
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown key(s) {sorted(unknown)}")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig(_DictMixin):
+    """How the ExampleGen reads FER2013.
+
+    layout: 'folder' (train/ and test/ with one folder per emotion), 'csv'
+      (fer2013.csv or icml_face_data.csv) or 'zip' (a .zip of either).
+    classes: emotions to keep; records of other emotions are excluded and counted.
+    sample_per_class: per split, keep at most this many records of each class
+      (a deterministic, stratified sample); 0 keeps everything.
+    """
+    layout: str
+    classes: Tuple[str, ...] = features.EMOTIONS
+    sample_per_class: Tuple[Tuple[str, int], ...] = ()
+
+    def __post_init__(self):
+        if self.layout not in ("folder", "csv", "zip"):
+            raise ValueError(f"unknown layout {self.layout!r}")
+        features.validate_classes(self.classes)
+
+    def sample_size(self, split: str) -> int:
+        return dict(self.sample_per_class).get(split, 0)
+
+    @classmethod
+    def from_dict(cls, values):
+        values = dict(values)
+        values["sample_per_class"] = tuple(tuple(x) for x in values.get("sample_per_class", ()))
+        return super().from_dict(values)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig(_DictMixin):
+    """Hyperparameters and recipe of the Trainer."""
+    model: str = "dcnn"
+    classes: Tuple[str, ...] = features.EMOTIONS
+    epochs: int = 100
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    validation_fraction: float = 0.1   # carved from train, by hash of image_id
+    early_stopping_patience: int = 12
+    reduce_lr_patience: int = 6
+    reduce_lr_factor: float = 0.5
+    augment: bool = True
+    seed: int = 42
+
+    def __post_init__(self):
+        features.validate_classes(self.classes)
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if not 0.0 < self.validation_fraction < 0.5:
+            raise ValueError("validation_fraction must be in (0, 0.5)")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig(_DictMixin):
+    """Blessing gates of the Evaluator.
+
+    min_accuracy: overall accuracy on the eval split must reach this.
+    max_regression: accuracy may drop at most this much against the latest
+      blessed model (absolute, e.g. 0.01 = one point).
+    """
+    min_accuracy: float = 0.55
+    max_regression: float = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileConfig:
+    sample_per_class: Tuple[Tuple[str, int], ...]
+    training: TrainingConfig
+    evaluation: EvaluationConfig
+
+
+def profile_configs(profile: str, model: str, classes: Tuple[str, ...],
+                    epochs: Optional[int] = None,
+                    min_accuracy: Optional[float] = None) -> ProfileConfig:
+    """The smoke or full profile, with optional overrides from the command line."""
+    if profile == "smoke":
+        # A few minutes on 2 CPU cores: ~40 train and 20 eval/test faces per class.
+        sample = (("train", 40), ("eval", 20), ("test", 20))
+        training = TrainingConfig(model=model, classes=classes, epochs=2, batch_size=32,
+                                  validation_fraction=0.2, early_stopping_patience=2,
+                                  reduce_lr_patience=1)
+        # A smoke model is barely trained: the gate only proves the machinery works.
+        evaluation = EvaluationConfig(min_accuracy=0.05, max_regression=1.0)
+    elif profile == "full":
+        sample = ()
+        training = TrainingConfig(model=model, classes=classes)
+        evaluation = EvaluationConfig()
+    else:
+        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    if epochs is not None:
+        training = dataclasses.replace(training, epochs=epochs)
+    if min_accuracy is not None:
+        evaluation = dataclasses.replace(evaluation, min_accuracy=min_accuracy)
+    return ProfileConfig(sample, training, evaluation)

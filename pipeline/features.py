@@ -1,0 +1,55 @@
+"""Single source of truth for labels, feature keys, signature and tensor names.
+
+Everything that names an emotion, a tf.Example feature, a transformed feature,
+a serving signature or one of its tensors imports it from here: ingestion,
+Transform, the Trainer, TFMA configuration, serving clients and tests.
+"""
+from typing import Sequence, Tuple
+
+# FER2013 emotions in the order of the integer codes of the original CSV
+# release (fer2013.csv column `emotion`: 0 angry ... 6 neutral).
+EMOTIONS: Tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+IMAGE_SIZE = 48  # FER2013 faces are 48x48 grayscale.
+IMAGE_CHANNELS = 1
+NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+
+# FER2013 `Usage` values and the pipeline split each one feeds.
+USAGE_TRAINING = "Training"
+USAGE_PUBLIC_TEST = "PublicTest"
+USAGE_PRIVATE_TEST = "PrivateTest"
+SPLIT_BY_USAGE = {USAGE_TRAINING: "train", USAGE_PUBLIC_TEST: "eval", USAGE_PRIVATE_TEST: "test"}
+SPLITS: Tuple[str, ...] = ("train", "eval", "test")
+
+# Raw tf.Example features written by the ExampleGen.
+IMAGE_KEY = "image"              # encoded image bytes (JPEG as downloaded, or PNG)
+LABEL_KEY = "label"              # FER2013 integer code of the emotion (index into EMOTIONS)
+LABEL_NAME_KEY = "label_name"    # emotion name
+SOURCE_SPLIT_KEY = "source_split"  # FER2013 Usage the record came from
+IMAGE_ID_KEY = "image_id"        # stable id: file stem, or <Usage>_<row> for CSV rows
+
+# Transformed features written by Transform.
+PIXELS_KEY = "pixels"            # float32 [48, 48, 1] in [0, 1]
+CLASS_ID_KEY = "class_id"        # int64 index into the configured class list
+
+# Exported SavedModel signatures and their tensors.
+SERVING_DEFAULT_SIGNATURE = "serving_default"   # serialized tf.Example -> predictions
+PREDICT_IMAGE_SIGNATURE = "predict_image"       # encoded JPEG/PNG bytes -> predictions
+TRANSFORM_FEATURES_SIGNATURE = "transform_features"  # serialized tf.Example -> transformed
+EXAMPLES_INPUT = "examples"
+IMAGES_INPUT = "images"
+PROBABILITIES_OUTPUT = "probabilities"
+LABEL_OUTPUT = "label"
+
+
+def validate_classes(classes: Sequence[str]) -> Tuple[str, ...]:
+    """Returns `classes` as a tuple in FER2013 code order, or raises ValueError."""
+    names = [c.strip().lower() for c in classes if c.strip()]
+    unknown = sorted(set(names) - set(EMOTIONS))
+    if unknown:
+        raise ValueError(f"unknown emotion(s) {', '.join(unknown)}; choose from {', '.join(EMOTIONS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate emotion in classes: {', '.join(names)}")
+    if len(names) < 2:
+        raise ValueError("at least two classes are needed")
+    return tuple(e for e in EMOTIONS if e in names)

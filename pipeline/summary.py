@@ -1,0 +1,215 @@
+"""The run summary: what ran, what came in, how the model did, whether it was pushed and why.
+
+Everything is read back from ML Metadata and the artifacts it points to, so
+the summary describes what the orchestrator actually recorded.
+"""
+import collections
+import json
+import math
+import os
+import shutil
+from typing import Dict, List, Sequence
+
+import tensorflow as tf
+import tensorflow_model_analysis as tfma
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+from tfx import v1 as tfx
+
+from components.example_gen import report as ingestion_report
+from pipeline.evaluation import ACCURACY
+
+SUMMARY_JSON = "summary.json"
+SUMMARY_TXT = "summary.txt"
+EVALUATION_JSON = "evaluation.json"
+_STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
+
+
+def _store(metadata_path: str) -> metadata_store.MetadataStore:
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(config)
+
+
+def _node_runs(store, pipeline: tfx.dsl.Pipeline, since: float) -> Dict[str, Dict]:
+    """Per node id: state, seconds and output artifacts of its execution in this run."""
+    runs = {}
+    for node in pipeline.components:
+        context = store.get_context_by_type_and_name("node", f"{pipeline.pipeline_info.pipeline_name}.{node.id}")
+        executions = store.get_executions_by_context(context.id) if context else []
+        executions = [e for e in executions if e.create_time_since_epoch >= since * 1000]
+        if not executions:
+            runs[node.id] = {"state": "NOT_RUN", "seconds": 0.0, "outputs": {}}
+            continue
+        execution = max(executions, key=lambda e: e.create_time_since_epoch)
+        outputs = collections.defaultdict(list)
+        events = [e for e in store.get_events_by_execution_ids([execution.id])
+                  if e.type == metadata_store_pb2.Event.OUTPUT]
+        artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+        for event in events:
+            outputs[event.path.steps[0].key].append(artifacts[event.artifact_id])
+        runs[node.id] = {
+            "state": _STATES.get(execution.last_known_state, "UNKNOWN"),
+            "seconds": round((execution.last_update_time_since_epoch
+                              - execution.create_time_since_epoch) / 1000.0, 1),
+            "outputs": dict(outputs),
+        }
+    return runs
+
+
+def _custom(artifact, key: str):
+    value = artifact.custom_properties.get(key)
+    if value is None:
+        return None
+    return value.int_value if value.HasField("int_value") else value.string_value
+
+
+def _anomalies(artifact) -> Dict[str, List[str]]:
+    found = {}
+    for split_dir in tf.io.gfile.glob(os.path.join(artifact.uri, "Split-*")):
+        path = os.path.join(split_dir, "SchemaDiff.pb")
+        if not tf.io.gfile.exists(path):
+            continue
+        with tf.io.gfile.GFile(path, "rb") as f:
+            anomalies = anomalies_pb2.Anomalies.FromString(f.read())
+        found[os.path.basename(split_dir)[len("Split-"):]] = [
+            f"{name}: {info.short_description}" for name, info in anomalies.anomaly_info.items()]
+    return found
+
+
+def _slice_name(slice_key) -> str:
+    parts = [f"{c.column}={c.bytes_value.decode() or c.int64_value}" for c in slice_key.single_slice_keys]
+    return ", ".join(parts) or "overall"
+
+
+def evaluation_metrics(evaluation_uri: str, classes: List[str]) -> Dict[str, Dict[str, float]]:
+    """{slice: {metric: value}} with per-class metrics named e.g. 'recall/happy'."""
+    metrics = collections.defaultdict(dict)
+    for per_slice in tfma.load_metrics(evaluation_uri):
+        name = _slice_name(per_slice.slice_key)
+        for item in per_slice.metric_keys_and_values:
+            key, value = item.key, item.value
+            if key.is_diff or not value.HasField("double_value"):
+                continue
+            metric = key.name
+            if key.aggregation_type.macro_average:
+                metric = f"macro_{metric}"
+            elif key.sub_key.HasField("class_id"):
+                metric = f"{metric}/{classes[key.sub_key.class_id.value]}"
+            number = value.double_value.value
+            metrics[name][metric] = None if math.isnan(number) else round(number, 4)
+    return dict(metrics)
+
+
+def _validation(evaluation_uri: str) -> Dict:
+    result = tfma.load_validation_result(evaluation_uri)
+    failures = []
+    for per_slice in result.metric_validations_per_slice:
+        for failure in per_slice.failures:
+            failures.append(f"{failure.metric_key.name}"
+                            f"{' (change vs baseline)' if failure.metric_key.is_diff else ''}"
+                            f" on {_slice_name(per_slice.slice_key)}: {failure.message}")
+    return {"ok": result.validation_ok, "failures": failures}
+
+
+def collect(metadata_path: str, pipeline: tfx.dsl.Pipeline, since: float,
+            classes: Sequence[str]) -> Dict:
+    """The summary of the run that started at `since` (seconds since the epoch);
+    `classes` names the model's outputs in order."""
+    store = _store(metadata_path)
+    runs = _node_runs(store, pipeline, since)
+    out: Dict = {"pipeline": pipeline.pipeline_info.pipeline_name,
+                 "components": {node: {"state": r["state"], "seconds": r["seconds"]}
+                                for node, r in runs.items()}}
+
+    def output(node: str, key: str):
+        artifacts = runs.get(node, {}).get("outputs", {}).get(key, [])
+        return artifacts[0] if artifacts else None
+
+    report = output("Fer2013ExampleGen", "ingestion_report")
+    if report:
+        loaded = ingestion_report.load(report.uri)
+        out["ingestion"] = {"splits": loaded["splits"], "totals": loaded["totals"],
+                            "report_dir": report.uri}
+    anomalies = output("ExampleValidator", "anomalies")
+    if anomalies:
+        out["anomalies"] = _anomalies(anomalies)
+    model_run = output("Trainer", "model_run")
+    if model_run and tf.io.gfile.exists(os.path.join(model_run.uri, "history.json")):
+        with tf.io.gfile.GFile(os.path.join(model_run.uri, "history.json")) as f:
+            history = json.load(f)
+        out["training"] = {"epochs": len(history.get("loss", [])),
+                           "best_val_accuracy": round(max(history.get("val_accuracy", [0.0])), 4)}
+    evaluation = output("Evaluator", "evaluation")
+    blessing = output("Evaluator", "blessing")
+    if evaluation:
+        out["evaluation"] = {"split": "eval",
+                             "metrics": evaluation_metrics(evaluation.uri, classes),
+                             "validation": _validation(evaluation.uri),
+                             "uri": evaluation.uri}
+    out["blessed"] = bool(blessing and _custom(blessing, "blessed") == 1)
+    pushed = output("Pusher", "pushed_model")
+    out["pushed"] = bool(pushed and _custom(pushed, "pushed") == 1)
+    out["pushed_path"] = _custom(pushed, "pushed_destination") if out["pushed"] else None
+    return out
+
+
+def headline(result: Dict) -> Dict[str, float]:
+    overall = result.get("evaluation", {}).get("metrics", {}).get("overall", {})
+    return {k: overall[k] for k in (ACCURACY, "macro_f1_score", "example_count") if k in overall}
+
+
+def format_text(result: Dict) -> str:
+    """The human-readable summary printed at the end of a run."""
+    lines = [f"Pipeline {result['pipeline']} finished in {result.get('wall_seconds', 0):.0f} s"]
+    lines.append("Components: " + ", ".join(
+        f"{node} {c['state'].lower()} ({c['seconds']:.0f} s)"
+        for node, c in result["components"].items()))
+    ingestion = result.get("ingestion")
+    if ingestion:
+        for split, counts in ingestion["splits"].items():
+            lines.append(f"  {split}: {counts['examples']} examples, {counts['quarantined']} quarantined, "
+                         f"{counts['converted']} converted, {counts['excluded']} excluded, "
+                         f"{counts['sampled_out']} not sampled")
+        lines.append(f"  quarantined/converted records: "
+                     f"{os.path.join(result.get('reports_dir', ingestion['report_dir']), ingestion_report.QUARANTINE_CSV)}")
+    for split, found in result.get("anomalies", {}).items():
+        if found:
+            lines.append(f"  schema anomalies in {split}: " + "; ".join(found))
+    if "training" in result:
+        lines.append(f"Training: {result['training']['epochs']} epochs, best validation accuracy "
+                     f"{result['training']['best_val_accuracy']:.3f} (validation carved from train)")
+    head = headline(result)
+    if head:
+        lines.append("Evaluation on eval: " + ", ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in head.items()))
+    validation = result.get("evaluation", {}).get("validation", {})
+    if result["blessed"]:
+        lines.append("Blessed: yes (all thresholds passed)")
+    else:
+        reasons = validation.get("failures") or ["the Evaluator did not run"]
+        lines.append("Blessed: NO: " + "; ".join(reasons))
+    lines.append(f"Pushed: {result['pushed_path']}" if result["pushed"] else "Pushed: nothing")
+    if result.get("reports_dir"):
+        lines.append(f"Reports: {result['reports_dir']}")
+    return "\n".join(lines)
+
+
+def write_reports(result: Dict, reports_dir: str) -> None:
+    """summary.json/.txt, evaluation.json and copies of the ingestion report files."""
+    os.makedirs(reports_dir, exist_ok=True)
+    result["reports_dir"] = reports_dir
+    ingestion = result.get("ingestion")
+    if ingestion:
+        for name in (ingestion_report.REPORT_JSON, ingestion_report.QUARANTINE_CSV):
+            shutil.copyfile(os.path.join(ingestion["report_dir"], name),
+                            os.path.join(reports_dir, name))
+    if "evaluation" in result:
+        with open(os.path.join(reports_dir, EVALUATION_JSON), "w") as f:
+            json.dump(result["evaluation"], f, indent=1)
+    with open(os.path.join(reports_dir, SUMMARY_JSON), "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    with open(os.path.join(reports_dir, SUMMARY_TXT), "w") as f:
+        f.write(format_text(result) + "\n")
