@@ -237,7 +237,7 @@ def _detect_zip(path: str) -> SourceInfo:
             else:
                 raise DataError(f"{path}: the archive holds neither train/ and test/ folders "
                                 f"nor a CSV file")
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, tf.errors.OpError, OSError) as e:
         raise DataError(f"{path}: not a readable zip archive ({e})") from None
     return _single_file_source("zip", path, usages, inner)
 

@@ -17,8 +17,13 @@ def decode_images(encoded: tf.Tensor) -> tf.Tensor:
     size = features.IMAGE_SIZE
 
     def decode_one(data: tf.Tensor) -> tf.Tensor:
-        image = tf.io.decode_image(data, channels=features.IMAGE_CHANNELS,
-                                   expand_animations=False)
+        # JPEG with the accurate IDCT, so pixels match what PIL/OpenCV decode.
+        image = tf.cond(
+            tf.io.is_jpeg(data),
+            lambda: tf.io.decode_jpeg(data, channels=features.IMAGE_CHANNELS,
+                                      dct_method="INTEGER_ACCURATE"),
+            lambda: tf.io.decode_image(data, channels=features.IMAGE_CHANNELS,
+                                       expand_animations=False))
         image = tf.image.resize(tf.cast(image, tf.float32), [size, size], antialias=True)
         return tf.clip_by_value(image / 255.0, 0.0, 1.0)
 

@@ -1,0 +1,143 @@
+"""End to end: `fer-pipeline run` on real FER2013 images, both orchestrators, the push gate,
+and the exported SavedModel's signatures. The smoke profile keeps each run to minutes."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from tfx.components.trainer.fn_args_utils import FnArgs
+
+from components.example_gen.fer2013 import make_example
+from components.trainer.run import run_fn
+from pipeline import cli, features
+from pipeline.config import profile_configs
+from tests.conftest import encode, real_images
+
+NODES = ("Fer2013ExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "Transform",
+         "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher")
+FER_PIPELINE = os.path.join(os.path.dirname(sys.executable), "fer-pipeline")
+
+
+def fer_pipeline(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([FER_PIPELINE, *args], capture_output=True, text=True, timeout=1500)
+
+
+def run_smoke(data, output, *extra):
+    done = fer_pipeline("run", "--data", str(data), "--output", str(output), "--profile", "smoke", *extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(os.path.join(output, "reports", "summary.json")) as f:
+        return json.load(f), done.stdout
+
+
+@pytest.fixture(scope="module")
+def smoke(fer2013_root, tmp_path_factory):
+    output = tmp_path_factory.mktemp("smoke")
+    summary, stdout = run_smoke(fer2013_root, output)
+    return output, summary, stdout
+
+
+def test_smoke_run_executes_every_component_and_pushes(smoke):
+    output, summary, stdout = smoke
+    assert {node: c["state"] for node, c in summary["components"].items()} == {
+        node: "COMPLETE" for node in NODES}
+    splits = summary["ingestion"]["splits"]
+    assert (splits["train"]["examples"], splits["eval"]["examples"]) == (280, 140)
+    assert splits["train"]["examples_per_class"] == {e: 40 for e in sorted(features.EMOTIONS)}
+    assert splits["train"]["quarantined"] == 0
+    assert summary["evaluation"]["metrics"]["overall"]["example_count"] == 140
+    assert set(summary["evaluation"]["metrics"]) == {"overall"} | {
+        f"label_name={e}" for e in features.EMOTIONS}
+    assert summary["blessed"] and summary["pushed"]
+    versions = glob.glob(os.path.join(output, "serving", "fer2013-dcnn", "*", "saved_model.pb"))
+    assert len(versions) == 1 and summary["pushed_path"] == os.path.dirname(versions[0])
+    assert os.path.basename(summary["pushed_path"]).isdigit()
+    assert "Blessed: yes" in stdout and summary["pushed_path"] in stdout
+    for name in ("summary.txt", "evaluation.json", "quarantine.csv", "ingestion_report.json"):
+        assert os.path.isfile(os.path.join(output, "reports", name))
+
+
+def test_impossible_accuracy_threshold_blocks_the_push(smoke, fer2013_root):
+    output, _, _ = smoke
+    summary, stdout = run_smoke(fer2013_root, output, "--min-accuracy", "1.01")
+    assert summary["components"]["Trainer"]["state"] == "CACHED"
+    assert summary["components"]["Evaluator"]["state"] == "COMPLETE"
+    assert not summary["blessed"] and not summary["pushed"]
+    failures = summary["evaluation"]["validation"]["failures"]
+    assert any("sparse_categorical_accuracy on overall" in f for f in failures), failures
+    assert "Blessed: NO" in stdout and "Pushed: nothing" in stdout
+    assert len(os.listdir(os.path.join(output, "serving", "fer2013-dcnn"))) == 1
+
+
+def test_signatures_agree_and_predict_image_takes_any_jpeg_or_png(smoke):
+    _, summary, _ = smoke
+    model = tf.saved_model.load(summary["pushed_path"])
+    paths = [real_images("test", e, 1)[0] for e in features.EMOTIONS]
+    images = [p.read_bytes() for p in paths]
+    examples = [make_example(b, "angry", "PublicTest", p.stem) for b, p in zip(images, paths)]
+    by_example = model.signatures[features.SERVING_DEFAULT_SIGNATURE](
+        **{features.EXAMPLES_INPUT: tf.constant(examples)})
+    by_image = model.signatures[features.PREDICT_IMAGE_SIGNATURE](
+        **{features.IMAGES_INPUT: tf.constant(images)})
+    probabilities = by_example[features.PROBABILITIES_OUTPUT].numpy()
+    assert probabilities.shape == (7, 7)
+    np.testing.assert_allclose(probabilities, by_image[features.PROBABILITIES_OUTPUT].numpy(), atol=1e-6)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    labels = [l.decode() for l in by_image[features.LABEL_OUTPUT].numpy()]
+    assert labels == [features.EMOTIONS[i] for i in probabilities.argmax(axis=1)]
+
+    face = np.asarray(Image.open(paths[3]))
+    big_colour = np.asarray(Image.fromarray(face).resize((120, 120)).convert("RGB"))
+    mixed = model.signatures[features.PREDICT_IMAGE_SIGNATURE](
+        **{features.IMAGES_INPUT: tf.constant([encode(face, "JPEG"), encode(big_colour, "PNG")])})
+    assert mixed[features.PROBABILITIES_OUTPUT].shape == (2, 7)
+    assert all(l.decode() in features.EMOTIONS for l in mixed[features.LABEL_OUTPUT].numpy())
+
+
+def test_run_fn_trains_a_few_steps_and_exports_all_signatures(smoke, tmp_path):
+    output, _, _ = smoke
+    transform_graph = sorted(glob.glob(os.path.join(output, "tfx", "Transform", "transform_graph", "*")))[-1]
+    examples = sorted(glob.glob(os.path.join(output, "tfx", "Transform", "transformed_examples", "*")))[-1]
+    training = profile_configs("smoke", "dcnn", features.EMOTIONS).training
+    config = dict(training.to_dict(), epochs=1, batch_size=16)
+    serving_dir = tmp_path / "serving_model"
+    run_fn(FnArgs(train_files=[os.path.join(examples, "Split-train", "*")],
+                  transform_output=transform_graph, serving_model_dir=str(serving_dir),
+                  model_run_dir=str(tmp_path / "run"), custom_config=config))
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
+    model = tf.saved_model.load(str(serving_dir))
+    assert set(model.signatures) == {features.SERVING_DEFAULT_SIGNATURE, features.PREDICT_IMAGE_SIGNATURE,
+                                     features.TRANSFORM_FEATURES_SIGNATURE}
+    out = model.signatures[features.PREDICT_IMAGE_SIGNATURE](
+        **{features.IMAGES_INPUT: tf.constant([real_images("test", "sad", 1)[0].read_bytes()])})
+    assert out[features.PROBABILITIES_OUTPUT].shape == (1, 7)
+    assert out[features.LABEL_OUTPUT].numpy()[0].decode() in features.EMOTIONS
+
+
+def test_beam_dag_runner_runs_the_same_pipeline(fer2013_root, tmp_path):
+    summary, _ = run_smoke(fer2013_root, tmp_path, "--runner", "beam", "--workers", "2")
+    assert {node: c["state"] for node, c in summary["components"].items()} == {
+        node: "COMPLETE" for node in NODES}
+    assert summary["pushed"] and os.path.isfile(os.path.join(summary["pushed_path"], "saved_model.pb"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--data", "/nonexistent/fer2013", "--output", "x"], "data path does not exist"),
+    (["run", "--data", ".", "--output", "x", "--classes", "happy,bored"], "unknown emotion(s) bored"),
+    (["run", "--data", ".", "--output", "x", "--profile", "huge"], "invalid choice: 'huge'"),
+    (["run", "--output", "x"], "the following arguments are required: --data"),
+])
+def test_bad_arguments_give_one_line_and_exit_2(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = cli.main(args)
+    except SystemExit as e:  # argparse errors exit from inside the parser
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
