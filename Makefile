@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
-DATA ?= ../shared/data/fer2013
+DATA ?=
 OUTPUT ?= runs/fer2013
 PROFILE ?= full
 RUNNER ?= local
@@ -26,6 +26,7 @@ $(VENV)/.installed: setup.py constraints.txt
 	touch $@
 
 pipeline: setup
+	@test -n "$(DATA)" || { echo "usage: make pipeline DATA=/path/to/fer2013 [OUTPUT=dir] [PROFILE=smoke|full]"; exit 2; }
 	$(BIN)/fer-pipeline run --data "$(DATA)" --output "$(OUTPUT)" --profile $(PROFILE) \
 		--runner $(RUNNER) --model $(MODEL) $(if $(CLASSES),--classes $(CLASSES))
 

@@ -11,10 +11,13 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from typing import List, Optional
 
-# Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
+# Quiet TensorFlow's C++ start-up chatter and library deprecation notices.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 PROG = "fer-pipeline"
 

@@ -103,14 +103,28 @@ def evaluation_metrics(evaluation_uri: str, classes: List[str]) -> Dict[str, Dic
     return dict(metrics)
 
 
+def _failure_text(failure, slice_name: str) -> str:
+    """'<metric> on <slice>: <value> < lower bound <x>', from TFMA's ValidationFailure."""
+    key, threshold = failure.metric_key, failure.metric_threshold
+    value = failure.metric_value.double_value.value
+    if key.is_diff:
+        bound = threshold.change_threshold.absolute.value
+        return (f"{key.name} on {slice_name}: changed by {value:+.4f} against the latest blessed "
+                f"model, allowed change >= {bound:+.4f}")
+    bounds = threshold.value_threshold
+    limits = []
+    if bounds.HasField("lower_bound"):
+        limits.append(f"lower bound {bounds.lower_bound.value:g}")
+    if bounds.HasField("upper_bound"):
+        limits.append(f"upper bound {bounds.upper_bound.value:g}")
+    return f"{key.name} on {slice_name}: {value:.4f} outside {' and '.join(limits)}"
+
+
 def _validation(evaluation_uri: str) -> Dict:
     result = tfma.load_validation_result(evaluation_uri)
-    failures = []
-    for per_slice in result.metric_validations_per_slice:
-        for failure in per_slice.failures:
-            failures.append(f"{failure.metric_key.name}"
-                            f"{' (change vs baseline)' if failure.metric_key.is_diff else ''}"
-                            f" on {_slice_name(per_slice.slice_key)}: {failure.message}")
+    failures = [_failure_text(failure, _slice_name(per_slice.slice_key))
+                for per_slice in result.metric_validations_per_slice
+                for failure in per_slice.failures]
     return {"ok": result.validation_ok, "failures": failures}
 
 
@@ -184,7 +198,7 @@ def format_text(result: Dict) -> str:
     head = headline(result)
     if head:
         lines.append("Evaluation on eval: " + ", ".join(
-            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in head.items()))
+            f"{k} {v:.0f}" if k == "example_count" else f"{k} {v:.4f}" for k, v in head.items()))
     validation = result.get("evaluation", {}).get("validation", {})
     if result["blessed"]:
         lines.append("Blessed: yes (all thresholds passed)")

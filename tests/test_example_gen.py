@@ -10,6 +10,7 @@ from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
 from components.example_gen import executor, fer2013, report
+from components.transform import preprocessing
 from components.example_gen.component import Fer2013ExampleGen, IngestionReport
 from pipeline import features
 from pipeline.config import IngestConfig
@@ -35,6 +36,11 @@ def read_split(examples, split):
 def value(example, key):
     feature = example.features.feature[key]
     return feature.int64_list.value[0] if feature.int64_list.value else feature.bytes_list.value[0]
+
+
+def decoded_set(images):
+    """The pipeline's own decoding of each image, as a sorted list of pixel buffers."""
+    return sorted(a.tobytes() for a in preprocessing.decode_images(tf.constant(images)).numpy())
 
 
 def folder_with_bad_records(tmp_path):
@@ -84,3 +90,24 @@ def test_csv_zip_input_with_subset_and_sample(tmp_path):
     # before reading, so a bad row outside it is counted as not sampled, never lost.
     assert (counts["examples"], counts["excluded"]) == (6, 12)
     assert counts["sampled_out"] + counts["quarantined"] == 4
+
+
+@pytest.mark.parametrize("form", ["csv", "zip_of_folder"])
+def test_every_input_form_yields_the_same_examples(tmp_path, form):
+    root = make_folder_layout(tmp_path / "fer", {"train": 1, "test": 1})
+    if form == "csv":
+        data = make_csv(tmp_path / "fer2013.csv", csv_rows_from_real({"Training": 1, "PublicTest": 1}))
+    else:
+        data = zip_tree(root, tmp_path / "fer2013.zip", prefix="fer2013/")
+    source = fer2013.detect_source(str(data))
+    examples, ingestion = run_executor(source, tmp_path / "out", IngestConfig(layout=source.layout))
+    for split, usage in (("train", b"Training"), ("eval", b"PublicTest")):
+        written = read_split(examples, split)
+        assert sorted(value(e, features.LABEL_KEY) for e in written) == list(range(7))
+        assert {value(e, features.SOURCE_SPLIT_KEY) for e in written} == {usage}
+        # The same real images, whether they came as JPEG files or as CSV pixel rows.
+        decoded = decoded_set([value(e, features.IMAGE_KEY) for e in written])
+        expected = decoded_set([real_images("train" if split == "train" else "test", emotion, 1)[0]
+                                .read_bytes() for emotion in features.EMOTIONS])
+        assert decoded == expected
+    assert report.load(ingestion.uri)["totals"]["examples"] == 14

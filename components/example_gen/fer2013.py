@@ -431,7 +431,9 @@ def _checked_image(data: bytes) -> Tuple[bytes, str]:
         image.load()
     except UnidentifiedImageError:
         raise _BadRecord("not an image file") from None
-    except (OSError, ValueError, SyntaxError) as e:
+    except Image.DecompressionBombError as e:
+        raise _BadRecord(f"image too large: {e}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise _BadRecord(f"cannot decode image: {e}") from None
     size = (features.IMAGE_SIZE, features.IMAGE_SIZE)
     if image.size == size and image.mode == "L" and image.format in _KEEP_FORMATS:
