@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*",
                                     "serving", "serving.*", "kubeflow", "kubeflow.*"]),
-    package_data={"pipeline": ["schema/*.pbtxt"]},
+    package_data={"pipeline": ["schema/*.pbtxt"], "kubeflow": ["config.yaml", "samples/*.yaml"]},
     install_requires=[
         "tfx==1.16.0",
         "tensorflow==2.16.2",

@@ -2,6 +2,8 @@
 
     fer-pipeline run --data PATH --output DIR [--profile smoke|full] [--runner local|beam]
                      [--model NAME] [--classes a,b,c] [--epochs N] [--min-accuracy X]
+    fer-pipeline compile --output FILE.yaml [--config kubeflow/config.yaml] [--image IMAGE]
+                     [--pipeline-root URI] [--data URI] [--serving-dir URI] [--profile ...]
 
 Exit codes: 0 the pipeline ran (blessed or not: see the summary), 1 a
 component failed, 2 bad arguments or unusable data.
@@ -15,7 +17,7 @@ import warnings
 from typing import List, Optional
 
 # Quiet TensorFlow's C++ start-up chatter and library deprecation notices.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if "--verbose" in sys.argv else "3")
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
@@ -53,7 +55,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="Beam DirectRunner workers (0: one per CPU)")
     p.add_argument("--no-cache", action="store_true", help="re-run every component")
     p.add_argument("--verbose", action="store_true", help="show TFX and Beam logs")
+
+    c = sub.add_parser("compile", help="compile for Kubeflow Pipelines (KFP v2 PipelineSpec YAML)")
+    c.add_argument("--output", required=True, help="the PipelineSpec file to write (.yaml)")
+    c.add_argument("--config", help="Kubeflow configuration YAML (default: kubeflow/config.yaml)")
+    c.add_argument("--image", help="override the config's container image")
+    c.add_argument("--pipeline-root", help="override the config's pipeline_root (object storage)")
+    c.add_argument("--data", help="override the config's data URI (object storage)")
+    c.add_argument("--serving-dir", help="override the config's serving_dir (object storage)")
+    c.add_argument("--profile", choices=config.PROFILES, help="override the config's profile")
+    c.add_argument("--model", choices=sorted(model.BUILDERS), help="override the config's model")
+    c.add_argument("--classes", help="override the config's classes (comma-separated)")
+    c.add_argument("--verbose", action="store_true", help="show TFX logs")
     return parser
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from kubeflow import runner
+
+    config = runner.load_config(
+        args.config or runner.DEFAULT_CONFIG, image=args.image, pipeline_root=args.pipeline_root,
+        data=args.data, serving_dir=args.serving_dir, profile=args.profile, model=args.model,
+        classes=args.classes.split(",") if args.classes else None)
+    path = runner.compile_pipeline(config, args.output)
+    gpu = config.trainer_gpu
+    print(f"Compiled {config.name} for Kubeflow Pipelines: {path}\n"
+          f"  image {config.image}; pipeline root {config.pipeline_root}\n"
+          f"  Trainer: {gpu.count} x {gpu.resource}; data components: "
+          f"{' '.join(config.beam_pipeline_args) or 'Beam DirectRunner'}")
+    return 0
 
 
 def _settings(args: argparse.Namespace):
@@ -83,6 +113,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     from components.example_gen.fer2013 import DataError
     from pipeline import run, summary
 
+    if args.command == "compile":
+        try:
+            return _compile(args)
+        except (ValueError, DataError) as e:  # ConfigError is a ValueError
+            sys.stderr.write(f"{PROG}: error: {e}\n")
+            return 2
     try:
         settings = _settings(args)
     except ValueError as e:

@@ -90,6 +90,12 @@ class EvaluationConfig(_DictMixin):
     max_regression: float = 0.01
 
 
+def serving_model_name(model: str, classes: Tuple[str, ...]) -> str:
+    """Pipeline and serving model name: fer2013-<model>[-<classes>] (KFP-safe: [a-z0-9-])."""
+    suffix = "" if tuple(classes) == features.EMOTIONS else "-" + "-".join(classes)
+    return f"fer2013-{model}{suffix}"
+
+
 @dataclasses.dataclass(frozen=True)
 class ProfileConfig:
     sample_per_class: Tuple[Tuple[str, int], ...]

@@ -17,7 +17,7 @@ from tfx import v1 as tfx
 
 from components.example_gen import fer2013
 from pipeline import features, summary
-from pipeline.config import IngestConfig, profile_configs
+from pipeline.config import IngestConfig, profile_configs, serving_model_name
 from pipeline.pipeline import create_pipeline
 
 RUNNERS = ("local", "beam")
@@ -46,9 +46,7 @@ class RunSettings:
 
     @property
     def model_name(self) -> str:
-        """Serving model name and pipeline name: fer2013-<model>[-<classes>]."""
-        suffix = "" if self.classes == features.EMOTIONS else "-" + "-".join(self.classes)
-        return f"fer2013-{self.model}{suffix}"
+        return serving_model_name(self.model, self.classes)
 
 
 def paths(output: str, model_name: str) -> Dict[str, str]:

@@ -37,3 +37,32 @@ def test_training_config_validates():
     with pytest.raises(ValueError, match="unknown emotion"):
         TrainingConfig(classes=("happy", "bored"))
     assert TrainingConfig.from_dict(TrainingConfig(classes=("sad", "happy")).to_dict()).classes == ("sad", "happy")
+
+
+MIRRORED_SCRIPT = """
+import json, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from components.trainer import model as model_lib, training
+strategy = training.distribution_strategy([d.name for d in tf.config.list_logical_devices("CPU")])
+with strategy.scope():
+    network = model_lib.build("dcnn", 3)
+    model = model_lib.compile_model(model_lib.with_augmentation(network), 1e-3)
+x = np.random.default_rng(0).random((16, 48, 48, 1)).astype("float32")
+y = np.eye(3, dtype="float32")[np.arange(16) % 3]
+history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=1, verbose=0)
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, "kind": type(strategy).__name__,
+                  "loss": history.history["loss"][0]}))
+"""
+
+
+def test_mirrored_strategy_trains_on_two_logical_cpu_devices():
+    import json
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (result["replicas"], result["kind"]) == (2, "MirroredStrategy")
+    assert np.isfinite(result["loss"])

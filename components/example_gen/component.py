@@ -26,7 +26,7 @@ from pipeline.config import IngestConfig
 
 class IngestionReport(types.Artifact):
     """Counts per split/class/outcome and the list of quarantined and converted records."""
-    TYPE_NAME = "Fer2013IngestionReport"
+    TYPE_NAME = "fer2013.IngestionReport"  # <namespace>.<Name>, as KFP v2 requires
 
 
 class Fer2013ExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):

@@ -152,10 +152,7 @@ def _detect_folder(root: str) -> SourceInfo:
         raise DataError(f"no images under {os.path.join(root, 'train')}/<emotion>/")
     if not names["eval"]:
         raise DataError(f"no images under {os.path.join(root, 'test')}/<emotion>/")
-    patterns = [("train", "train/*/*"), ("eval", "test/*/*")]
-    if names["test"]:
-        patterns.append(("test", f"test/*/{_PRIVATE_PREFIX}*"))
-    return SourceInfo("folder", root, tuple(patterns))
+    return declared_source("folder", root, [s for s in features.SPLITS if names[s]])
 
 
 def _subdirs(path: str) -> List[str]:
@@ -178,9 +175,25 @@ def _single_file_source(layout: str, path: str, usages: Iterable[str], inner: st
         if split not in present:
             usage = [u for u, s in features.SPLIT_BY_USAGE.items() if s == split][0]
             raise DataError(f"{path} has no {usage} records (they feed the {split} split)")
-    base, name = os.path.split(path)
-    patterns = tuple((s, name) for s in features.SPLITS if s in present)
-    return SourceInfo(layout, base or ".", patterns, inner)
+    return declared_source(layout, path, [s for s in features.SPLITS if s in present], inner)
+
+
+def declared_source(layout: str, path: str, splits: Sequence[str], inner: str = "") -> SourceInfo:
+    """The SourceInfo for data that is not readable here (e.g. object storage at compile
+    time): `path` is the folder root, CSV or zip; `splits` the splits it holds."""
+    if layout not in ("folder", "csv", "zip"):
+        raise DataError(f"unknown layout {layout!r}; choose from folder, csv, zip")
+    unknown = set(splits) - set(features.SPLITS)
+    if unknown or "train" not in splits or "eval" not in splits:
+        raise DataError(f"splits must include train and eval, from {', '.join(features.SPLITS)}; "
+                        f"got {', '.join(splits)}")
+    ordered = [s for s in features.SPLITS if s in splits]
+    if layout == "folder":
+        folder_patterns = {"train": "train/*/*", "eval": "test/*/*",
+                           "test": f"test/*/{_PRIVATE_PREFIX}*"}
+        return SourceInfo(layout, path.rstrip("/"), tuple((s, folder_patterns[s]) for s in ordered))
+    base, name = path.rsplit("/", 1) if "/" in path else (".", path)
+    return SourceInfo(layout, base or "/", tuple((s, name) for s in ordered), inner)
 
 
 def _csv_columns(header: Sequence[str], where: str) -> Dict[str, int]:

@@ -16,12 +16,14 @@ def run_fn(fn_args: FnArgs) -> None:
     config = TrainingConfig.from_dict(fn_args.custom_config)
     keras.utils.set_random_seed(config.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    strategy = training.distribution_strategy()
     train_ds, validation_ds = data.make_datasets(
-        fn_args.train_files, tf_transform_output, len(config.classes), config.batch_size,
-        config.validation_fraction, config.seed)
-    network = model_lib.build(config.model, len(config.classes))
-    model = model_lib.with_augmentation(network, config.seed) if config.augment else network
-    model_lib.compile_model(model, config.learning_rate)
+        fn_args.train_files, tf_transform_output, len(config.classes),
+        config.batch_size * strategy.num_replicas_in_sync, config.validation_fraction, config.seed)
+    with strategy.scope():
+        network = model_lib.build(config.model, len(config.classes))
+        model = model_lib.with_augmentation(network, config.seed) if config.augment else network
+        model_lib.compile_model(model, config.learning_rate)
     history = training.fit(model, train_ds, validation_ds, config, fn_args.model_run_dir)
     export.export_serving_model(network, tf_transform_output, config.classes,
                                 fn_args.serving_model_dir)

@@ -1,11 +1,21 @@
-"""The fit loop: EarlyStopping and ReduceLROnPlateau on validation accuracy, TensorBoard logs."""
+"""The fit loop and device placement: EarlyStopping and ReduceLROnPlateau on validation accuracy, TensorBoard logs."""
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import keras
 import tensorflow as tf
 
 from pipeline.config import TrainingConfig
+
+
+def distribution_strategy(devices: Optional[Sequence[str]] = None) -> tf.distribute.Strategy:
+    """MirroredStrategy over `devices` (default: every visible GPU) when there are several,
+    else the default strategy (one GPU or the CPU). Batches are per replica."""
+    if devices is None:
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if len(devices) > 1:
+        return tf.distribute.MirroredStrategy(list(devices))
+    return tf.distribute.get_strategy()
 
 
 def callbacks(config: TrainingConfig, log_dir: str) -> List[keras.callbacks.Callback]:

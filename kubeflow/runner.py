@@ -1,0 +1,183 @@
+"""Kubeflow Pipelines runner: compiles the same `create_pipeline` to a KFP v2 PipelineSpec.
+
+Everything physical comes from a YAML configuration (see kubeflow/config.yaml)
+read once into a frozen `KubeflowConfig`: pipeline root and data on object
+storage, the container image, Beam arguments for the data components, the
+Trainer's GPU request and scheduling, the hyperparameters' profile. Nothing
+here edits the pipeline's component list: the only per-node addition is the
+Trainer's resource request, and node selector/tolerations go into the
+Kubernetes platform section of the compiled file.
+"""
+import dataclasses
+import os
+import re
+import tempfile
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import yaml
+from kfp.pipeline_spec import pipeline_spec_pb2
+from tfx import v1 as tfx
+
+from components.example_gen import fer2013
+from pipeline import features
+from pipeline.config import IngestConfig, PROFILES, profile_configs, serving_model_name
+from pipeline.pipeline import create_pipeline
+
+# Where kubeflow/Dockerfile puts the repository inside the image (WORKDIR).
+IMAGE_WORKDIR = "/pipeline"
+IMAGE_SCHEMA_FILE = f"{IMAGE_WORKDIR}/pipeline/schema/schema.pbtxt"
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.yaml")
+TRAINER_NODE = "Trainer"
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+_RESOURCE_SPEC = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
+
+
+class ConfigError(ValueError):
+    """The Kubeflow configuration cannot be compiled; the message names the key."""
+
+
+def _require_remote(key: str, uri: str) -> str:
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if not scheme or scheme == "file":
+        raise ConfigError(f"{key} must be an object-storage URI every pod can reach "
+                          f"(gs://, s3://, ...), not the local path {uri!r}")
+    return uri.rstrip("/")
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuConfig:
+    """The Trainer's accelerator request and where it may be scheduled."""
+    count: int = 1
+    resource: str = "nvidia.com/gpu"
+    cpu_limit: float = 8.0
+    memory_limit_gb: float = 32.0
+    node_selector: Tuple[Tuple[str, str], ...] = ()
+    tolerations: Tuple[Tuple[Tuple[str, str], ...], ...] = ()
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "GpuConfig":
+        values = dict(values or {})
+        values["node_selector"] = tuple(sorted((values.get("node_selector") or {}).items()))
+        values["tolerations"] = tuple(tuple(sorted(t.items())) for t in values.get("tolerations") or ())
+        config = cls(**values)
+        if config.count < 0:
+            raise ConfigError("trainer_gpu.count must be >= 0")
+        return config
+
+
+@dataclasses.dataclass(frozen=True)
+class KubeflowConfig:
+    """A compiled pipeline's physical facts and recipe. See kubeflow/config.yaml."""
+    image: str
+    pipeline_root: str
+    data: str
+    serving_dir: str
+    layout: str = "folder"
+    splits: Tuple[str, ...] = ("train", "eval")
+    profile: str = "full"
+    model: str = "dcnn"
+    classes: Tuple[str, ...] = features.EMOTIONS
+    epochs: Optional[int] = None
+    min_accuracy: Optional[float] = None
+    pipeline_name: str = ""
+    schema_file: str = IMAGE_SCHEMA_FILE
+    beam_pipeline_args: Tuple[str, ...] = ()
+    trainer_gpu: GpuConfig = GpuConfig()
+
+    @property
+    def name(self) -> str:
+        return self.pipeline_name or serving_model_name(self.model, self.classes)
+
+
+def load_config(path: str = DEFAULT_CONFIG, **overrides: Any) -> KubeflowConfig:
+    """Reads and validates the YAML at `path`; non-None `overrides` replace its keys."""
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read Kubeflow config {path}: {e}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(KubeflowConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    missing = sorted(k for k in ("image", "pipeline_root", "data", "serving_dir") if not values.get(k))
+    if missing:
+        raise ConfigError(f"{path}: missing {', '.join(missing)}")
+    values["classes"] = features.validate_classes(values.get("classes") or features.EMOTIONS)
+    values["splits"] = tuple(values.get("splits") or ("train", "eval"))
+    values["beam_pipeline_args"] = tuple(values.get("beam_pipeline_args") or ())
+    values["trainer_gpu"] = GpuConfig.from_dict(values.get("trainer_gpu"))
+    config = KubeflowConfig(**values)
+    for key in ("pipeline_root", "data", "serving_dir"):
+        _require_remote(key, getattr(config, key))
+    if config.profile not in PROFILES:
+        raise ConfigError(f"profile must be one of {', '.join(PROFILES)}")
+    if not _NAME_RE.fullmatch(config.name):
+        raise ConfigError(f"pipeline name {config.name!r} must match [a-z0-9][a-z0-9-]*")
+    return config
+
+
+def build(config: KubeflowConfig) -> tfx.dsl.Pipeline:
+    """The pipeline of `create_pipeline`, with the Trainer's GPU resource request."""
+    profile = profile_configs(config.profile, config.model, config.classes, config.epochs,
+                              config.min_accuracy)
+    source = fer2013.declared_source(config.layout, config.data.rstrip("/"), config.splits)
+    pipeline = create_pipeline(
+        pipeline_name=config.name,
+        pipeline_root=config.pipeline_root,
+        source=source,
+        ingest=IngestConfig(layout=config.layout, classes=config.classes,
+                            sample_per_class=profile.sample_per_class),
+        schema_file=config.schema_file,
+        training=profile.training,
+        gates=profile.evaluation,
+        serving_model_dir=f"{config.serving_dir}/{config.name}",
+        beam_pipeline_args=list(config.beam_pipeline_args))
+    gpu = config.trainer_gpu
+    resources = _RESOURCE_SPEC(cpu_limit=gpu.cpu_limit, memory_limit=gpu.memory_limit_gb)
+    if gpu.count:
+        resources.accelerator.type = gpu.resource
+        resources.accelerator.count = gpu.count
+    trainer = next(node for node in pipeline.components if node.id == TRAINER_NODE)
+    trainer.with_platform_config(resources)
+    return pipeline
+
+
+def _platform_spec(config: KubeflowConfig) -> Optional[Dict]:
+    """KFP's Kubernetes platform section: node selector and tolerations of the Trainer."""
+    gpu = config.trainer_gpu
+    executor: Dict[str, Any] = {}
+    if gpu.node_selector:
+        executor["nodeSelector"] = {"labels": dict(gpu.node_selector)}
+    if gpu.tolerations:
+        executor["tolerations"] = [dict(t) for t in gpu.tolerations]
+    if not executor:
+        return None
+    return {"platforms": {"kubernetes": {"deploymentSpec": {
+        "executors": {f"{TRAINER_NODE}_executor": executor}}}}}
+
+
+def compile_pipeline(config: KubeflowConfig, output_file: str) -> str:
+    """Writes the PipelineSpec YAML (plus the platform section, if any) to `output_file`."""
+    if not output_file.endswith((".yaml", ".yml")):
+        raise ConfigError("the output file must end in .yaml: kfp 2.5 loads a bare "
+                          "PipelineSpec YAML (a .json output would be a Vertex PipelineJob)")
+    runner_config = tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+        default_image=config.image)
+    with tempfile.TemporaryDirectory() as tmp:
+        tfx.orchestration.experimental.KubeflowV2DagRunner(
+            config=runner_config, output_dir=tmp, output_filename="pipeline.yaml").run(build(config))
+        with open(os.path.join(tmp, "pipeline.yaml")) as f:
+            spec = f.read()
+    platform = _platform_spec(config)
+    if platform:
+        spec = spec.rstrip("\n") + "\n---\n" + yaml.safe_dump(platform, sort_keys=True)
+    os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
+    with open(output_file, "w") as f:
+        f.write(spec)
+    return output_file
+
+
+def component_ids(pipeline: tfx.dsl.Pipeline) -> List[str]:
+    return sorted(node.id for node in pipeline.components)

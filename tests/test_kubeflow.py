@@ -1,0 +1,111 @@
+"""Compiling for Kubeflow Pipelines: the same components, GPU only on the Trainer,
+configuration instead of code edits, object storage only."""
+import glob
+import json
+import os
+import re
+
+import kfp.components
+import pytest
+from google.protobuf import json_format
+
+from components.example_gen import fer2013
+from kubeflow import runner
+from pipeline import cli, run
+from tests.conftest import REPO
+
+SAMPLES = sorted(glob.glob(str(REPO / "kubeflow" / "samples" / "*.yaml")))
+
+
+def compiled(tmp_path, config_path=runner.DEFAULT_CONFIG, **overrides):
+    config = runner.load_config(config_path, **overrides)
+    path = runner.compile_pipeline(config, str(tmp_path / "pipeline.yaml"))
+    component = kfp.components.load_component_from_file(path)
+    return config, json_format.MessageToDict(component.pipeline_spec), json_format.MessageToDict(
+        component.platform_spec)
+
+
+def task_parameter(spec, task, name):
+    value = spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"][name]["runtimeValue"]
+    return value.get("constant", value.get("constantValue", {}).get("stringValue"))
+
+
+def test_compiled_pipeline_has_the_local_pipelines_components(tmp_path):
+    config, spec, _ = compiled(tmp_path)
+    local = run.build(run.RunSettings(data="unused", output=str(tmp_path / "local")),
+                      fer2013.declared_source("folder", "/data/fer2013", ["train", "eval"]))
+    tasks = {re.sub(r"-model(-blessing)?-resolver$", "", t) for t in spec["root"]["dag"]["tasks"]}
+    assert tasks == set(runner.component_ids(local))
+    assert spec["pipelineInfo"]["name"] == config.name == "fer2013-dcnn"
+
+
+def test_only_the_trainer_asks_for_gpus_and_its_scheduling_is_configured(tmp_path):
+    config, spec, platform = compiled(tmp_path)
+    executors = spec["deploymentSpec"]["executors"]
+    with_gpu = {name for name, e in executors.items()
+                if e.get("container", {}).get("resources", {}).get("accelerator")}
+    assert with_gpu == {"Trainer_executor"}
+    accelerator = executors["Trainer_executor"]["container"]["resources"]["accelerator"]
+    assert (accelerator["type"], int(accelerator["count"])) == ("nvidia.com/gpu", 1)
+    trainer = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert list(trainer) == ["Trainer_executor"]
+    assert trainer["Trainer_executor"]["nodeSelector"]["labels"] == {
+        "cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
+    assert trainer["Trainer_executor"]["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_image_paths_beam_args_and_hyperparameters_come_from_configuration(tmp_path):
+    config, spec, _ = compiled(tmp_path, SAMPLES[0], image="example.org/fer:7", profile="smoke",
+                               classes=["happy", "sad", "neutral"])
+    assert os.path.basename(SAMPLES[0]) == "dataflow.yaml"
+    containers = [e["container"] for e in spec["deploymentSpec"]["executors"].values() if "container" in e]
+    assert containers and {c["image"] for c in containers} == {"example.org/fer:7"}
+    example_gen = spec["deploymentSpec"]["executors"]["Fer2013ExampleGen_executor"]["container"]
+    assert "--runner=DataflowRunner" in example_gen["args"]
+    assert spec["pipelineInfo"]["name"] == "fer2013-dcnn-happy-sad-neutral"
+    training = json.loads(task_parameter(spec, "Trainer", "custom_config"))
+    assert (training["classes"], training["epochs"]) == (["happy", "sad", "neutral"], 2)
+    assert task_parameter(spec, "Fer2013ExampleGen", "input_base") == "gs://your-bucket/fer2013/data"
+    assert task_parameter(spec, "ImportSchemaGen", "schema_file") == runner.IMAGE_SCHEMA_FILE
+    push = json.loads(task_parameter(spec, "Pusher", "push_destination"))
+    assert push["filesystem"]["base_directory"] == (
+        "gs://your-bucket/fer2013/serving/fer2013-dcnn-happy-sad-neutral")
+    assert int(spec["deploymentSpec"]["executors"]["Trainer_executor"]["container"]["resources"][
+        "accelerator"]["count"]) == 2
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=os.path.basename)
+def test_every_sample_configuration_compiles(sample, tmp_path):
+    config, spec, _ = compiled(tmp_path, sample)
+    assert spec["deploymentSpec"]["executors"]["Trainer_executor"]["container"]["image"] == config.image
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"pipeline_root": "/tmp/pipeline-root"}, "pipeline_root must be an object-storage URI"),
+    ({"data": "file:///data/fer2013"}, "data must be an object-storage URI"),
+    ({"serving_dir": "models/"}, "serving_dir must be an object-storage URI"),
+    ({"classes": ["happy", "bored"]}, "unknown emotion(s) bored"),
+    ({"pipeline_name": "FER_2013"}, "must match"),
+])
+def test_bad_configuration_fails_fast(override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        runner.load_config(runner.DEFAULT_CONFIG, **override)
+
+
+def test_compile_command_reports_a_local_pipeline_root_in_one_line(tmp_path, capsys):
+    code = cli.main(["compile", "--output", str(tmp_path / "p.yaml"), "--pipeline-root", "/srv/tfx"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pipeline_root must be an object-storage URI" in err
+    assert len(err.strip().splitlines()) == 1
+    assert cli.main(["compile", "--output", str(tmp_path / "p.yaml")]) == 0
+    assert "Compiled fer2013-dcnn" in capsys.readouterr().out
+
+
+def test_dockerfile_installs_every_package_where_the_runner_expects_it():
+    dockerfile = (REPO / "kubeflow" / "Dockerfile").read_text()
+    assert re.search(r"^FROM tensorflow/tfx:1\.16\.0$", dockerfile, re.M)
+    assert re.search(rf"^WORKDIR {runner.IMAGE_WORKDIR}$", dockerfile, re.M)
+    for package in ("pipeline", "components", "serving", "kubeflow"):
+        assert re.search(rf"^COPY {package} \./{package}$", dockerfile, re.M), package
+    assert (REPO / runner.IMAGE_SCHEMA_FILE[len(runner.IMAGE_WORKDIR) + 1:]).is_file()
