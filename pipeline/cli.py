@@ -110,13 +110,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         for name in ("apache_beam", "tensorflow"):
             logging.getLogger(name).setLevel(logging.ERROR)
 
-    from components.example_gen.fer2013 import DataError
     from pipeline import run, summary
 
     if args.command == "compile":
         try:
             return _compile(args)
-        except (ValueError, DataError) as e:  # ConfigError is a ValueError
+        except ValueError as e:  # ConfigError and DataError are ValueErrors
             sys.stderr.write(f"{PROG}: error: {e}\n")
             return 2
     try:
@@ -126,7 +125,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         result = run.run(settings)
-    except DataError as e:
+    except ValueError as e:  # DataError included: unusable data, bad settings
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 2
     except run.PipelineFailed as e:  # a component failed

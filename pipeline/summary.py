@@ -23,6 +23,7 @@ from pipeline.evaluation import ACCURACY
 SUMMARY_JSON = "summary.json"
 SUMMARY_TXT = "summary.txt"
 EVALUATION_JSON = "evaluation.json"
+CONFUSION_CSV = "confusion_matrix.csv"
 _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 
 
@@ -103,6 +104,21 @@ def evaluation_metrics(evaluation_uri: str, classes: List[str]) -> Dict[str, Dic
     return dict(metrics)
 
 
+def confusion_matrix(evaluation_uri: str, num_classes: int) -> List[List[int]]:
+    """Overall confusion matrix from TFMA's plots: rows actual class, columns predicted."""
+    matrix = [[0] * num_classes for _ in range(num_classes)]
+    for per_slice in tfma.load_plots(evaluation_uri):
+        if per_slice.slice_key.single_slice_keys:
+            continue
+        for item in per_slice.plot_keys_and_values:
+            for thresholds in item.value.multi_class_confusion_matrix_at_thresholds.matrices:
+                for entry in thresholds.entries:
+                    if 0 <= entry.predicted_class_id < num_classes:
+                        matrix[entry.actual_class_id][entry.predicted_class_id] += int(
+                            entry.num_weighted_examples)
+    return matrix
+
+
 def _failure_text(failure, slice_name: str) -> str:
     """'<metric> on <slice>: <value> < lower bound <x>', from TFMA's ValidationFailure."""
     key, threshold = failure.metric_key, failure.metric_threshold
@@ -161,6 +177,9 @@ def collect(metadata_path: str, pipeline: tfx.dsl.Pipeline, since: float,
     if evaluation:
         out["evaluation"] = {"split": "eval",
                              "metrics": evaluation_metrics(evaluation.uri, classes),
+                             "confusion_matrix": {
+                                 "classes": list(classes), "rows": "actual", "columns": "predicted",
+                                 "counts": confusion_matrix(evaluation.uri, len(classes))},
                              "validation": _validation(evaluation.uri),
                              "uri": evaluation.uri}
     out["blessed"] = bool(blessing and _custom(blessing, "blessed") == 1)
@@ -223,6 +242,11 @@ def write_reports(result: Dict, reports_dir: str) -> None:
     if "evaluation" in result:
         with open(os.path.join(reports_dir, EVALUATION_JSON), "w") as f:
             json.dump(result["evaluation"], f, indent=1)
+        matrix = result["evaluation"]["confusion_matrix"]
+        with open(os.path.join(reports_dir, CONFUSION_CSV), "w") as f:
+            f.write("actual\\predicted," + ",".join(matrix["classes"]) + "\n")
+            for name, row in zip(matrix["classes"], matrix["counts"]):
+                f.write(name + "," + ",".join(map(str, row)) + "\n")
     with open(os.path.join(reports_dir, SUMMARY_JSON), "w") as f:
         json.dump(result, f, indent=1, default=str)
     with open(os.path.join(reports_dir, SUMMARY_TXT), "w") as f:

@@ -57,7 +57,11 @@ def test_smoke_run_executes_every_component_and_pushes(smoke):
     assert len(versions) == 1 and summary["pushed_path"] == os.path.dirname(versions[0])
     assert os.path.basename(summary["pushed_path"]).isdigit()
     assert "Blessed: yes" in stdout and summary["pushed_path"] in stdout
-    for name in ("summary.txt", "evaluation.json", "quarantine.csv", "ingestion_report.json"):
+    matrix = summary["evaluation"]["confusion_matrix"]
+    assert matrix["classes"] == list(features.EMOTIONS)
+    assert [sum(row) for row in matrix["counts"]] == [20] * 7  # 20 eval faces per emotion
+    for name in ("summary.txt", "evaluation.json", "quarantine.csv", "ingestion_report.json",
+                 "confusion_matrix.csv"):
         assert os.path.isfile(os.path.join(output, "reports", name))
 
 

@@ -173,8 +173,7 @@ def _single_file_source(layout: str, path: str, usages: Iterable[str], inner: st
     present = {features.SPLIT_BY_USAGE[u] for u in usages if u in features.SPLIT_BY_USAGE}
     for split in ("train", "eval"):
         if split not in present:
-            usage = [u for u, s in features.SPLIT_BY_USAGE.items() if s == split][0]
-            raise DataError(f"{path} has no {usage} records (they feed the {split} split)")
+            raise DataError(f"{path} has no {_usage_of(split)} records (they feed the {split} split)")
     return declared_source(layout, path, [s for s in features.SPLITS if s in present], inner)
 
 
@@ -246,7 +245,7 @@ def _detect_zip(path: str) -> SourceInfo:
                         if len(parts) == 3 and parts[0] in ("train", "test"):
                             split = _folder_split_of(
                                 "train" if parts[0] == "train" else "eval", parts[2])
-                            usages.add({v: k for k, v in features.SPLIT_BY_USAGE.items()}[split])
+                            usages.add(_usage_of(split))
             else:
                 raise DataError(f"{path}: the archive holds neither train/ and test/ folders "
                                 f"nor a CSV file")
