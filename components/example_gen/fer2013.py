@@ -23,6 +23,7 @@ No Beam here: the ExampleGen executor maps these functions over records.
 """
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import os
@@ -423,13 +424,18 @@ class _BadRecord(Exception):
     pass
 
 
+@functools.lru_cache(maxsize=4)
+def _open_archive(path: str) -> zipfile.ZipFile:
+    """One open archive per worker: reading its directory per record would cost O(entries)."""
+    return zipfile.ZipFile(tf.io.gfile.GFile(path, "rb"))
+
+
 def _read_bytes(location: Tuple) -> bytes:
     try:
         if location[0] == "file":
             with tf.io.gfile.GFile(location[1], "rb") as f:
                 return f.read()
-        with tf.io.gfile.GFile(location[1], "rb") as f, zipfile.ZipFile(f) as zf:
-            return zf.read(location[2])
+        return _open_archive(location[1]).read(location[2])
     except (OSError, zipfile.BadZipFile, tf.errors.OpError) as e:
         raise _BadRecord(f"cannot read: {e}") from None
 
