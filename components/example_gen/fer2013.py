@@ -284,8 +284,11 @@ def _emotion(raw: str) -> Optional[str]:
     return name if name in features.EMOTIONS else None
 
 
+_USAGE_BY_SPLIT = {split: usage for usage, split in features.SPLIT_BY_USAGE.items()}
+
+
 def _usage_of(split: str) -> str:
-    return {v: k for k, v in features.SPLIT_BY_USAGE.items()}[split]
+    return _USAGE_BY_SPLIT[split]
 
 
 def _folder_refs(root: str, split: str) -> Iterator[RecordRef]:

@@ -21,9 +21,8 @@ def is_validation(image_ids: tf.Tensor, validation_fraction: float) -> tf.Tensor
     return bucket < int(round(validation_fraction * _BUCKETS))
 
 
-def _parsed(file_pattern: List[str], tf_transform_output: tft.TFTransformOutput) -> tf.data.Dataset:
-    files = tf.io.gfile.glob(file_pattern) if isinstance(file_pattern, str) else [
-        f for pattern in file_pattern for f in tf.io.gfile.glob(pattern)]
+def _parsed(file_patterns: List[str], tf_transform_output: tft.TFTransformOutput) -> tf.data.Dataset:
+    files = [f for pattern in file_patterns for f in tf.io.gfile.glob(pattern)]
     spec = tf_transform_output.transformed_feature_spec()
     return (tf.data.TFRecordDataset(files, compression_type="GZIP")
             .map(lambda record: tf.io.parse_single_example(record, spec),
