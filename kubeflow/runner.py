@@ -20,7 +20,8 @@ from tfx import v1 as tfx
 
 from components.example_gen import fer2013
 from pipeline import features
-from pipeline.config import IngestConfig, PROFILES, profile_configs, serving_model_name
+from pipeline.config import (IMBALANCE_STRATEGIES, IngestConfig, PROFILES, ValidationConfig,
+                             profile_configs, serving_model_name)
 from pipeline.pipeline import create_pipeline
 
 # Where kubeflow/Dockerfile puts the repository inside the image (WORKDIR).
@@ -80,6 +81,9 @@ class KubeflowConfig:
     epochs: Optional[int] = None
     min_accuracy: Optional[float] = None
     pipeline_name: str = ""
+    baseline_data: str = ""   # the previous span (same layout and splits): drift baseline
+    validation: ValidationConfig = ValidationConfig()
+    imbalance: Optional[str] = None
     schema_file: str = IMAGE_SCHEMA_FILE
     beam_pipeline_args: Tuple[str, ...] = ()
     trainer_gpu: GpuConfig = GpuConfig()
@@ -108,9 +112,17 @@ def load_config(path: str = DEFAULT_CONFIG, **overrides: Any) -> KubeflowConfig:
     values["splits"] = tuple(values.get("splits") or ("train", "eval"))
     values["beam_pipeline_args"] = tuple(values.get("beam_pipeline_args") or ())
     values["trainer_gpu"] = GpuConfig.from_dict(values.get("trainer_gpu"))
+    try:
+        values["validation"] = ValidationConfig.from_dict(values.get("validation") or {})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: validation: {e}") from None
     config = KubeflowConfig(**values)
     for key in ("pipeline_root", "data", "serving_dir"):
         _require_remote(key, getattr(config, key))
+    if config.baseline_data:
+        _require_remote("baseline_data", config.baseline_data)
+    if config.imbalance is not None and config.imbalance not in IMBALANCE_STRATEGIES:
+        raise ConfigError(f"imbalance must be one of {', '.join(IMBALANCE_STRATEGIES)}")
     if config.profile not in PROFILES:
         raise ConfigError(f"profile must be one of {', '.join(PROFILES)}")
     if not _NAME_RE.fullmatch(config.name):
@@ -123,15 +135,22 @@ def build(config: KubeflowConfig) -> tfx.dsl.Pipeline:
     profile = profile_configs(config.profile, config.model, config.classes, config.epochs,
                               config.min_accuracy)
     source = fer2013.declared_source(config.layout, config.data.rstrip("/"), config.splits)
+    baseline = (fer2013.declared_source(config.layout, config.baseline_data.rstrip("/"),
+                                        config.splits) if config.baseline_data else None)
+    training = profile.training
+    if config.imbalance:
+        training = dataclasses.replace(training, imbalance=config.imbalance)
     pipeline = create_pipeline(
         pipeline_name=config.name,
         pipeline_root=config.pipeline_root,
         source=source,
+        baseline_source=baseline,
         ingest=IngestConfig(layout=config.layout, classes=config.classes,
                             sample_per_class=profile.sample_per_class),
         schema_file=config.schema_file,
-        training=profile.training,
+        training=training,
         gates=profile.evaluation,
+        validation=config.validation,
         serving_model_dir=f"{config.serving_dir}/{config.name}",
         beam_pipeline_args=list(config.beam_pipeline_args))
     gpu = config.trainer_gpu

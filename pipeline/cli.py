@@ -2,11 +2,15 @@
 
     fer-pipeline run --data PATH --output DIR [--profile smoke|full] [--runner local|beam]
                      [--model NAME] [--classes a,b,c] [--epochs N] [--min-accuracy X]
+                     [--imbalance class_weight|oversample|none] [--validation-config FILE]
+    fer-pipeline validate --data PATH --output DIR [--profile ...] [--classes ...]
+                     [--validation-config FILE]      (ingest and validate only)
     fer-pipeline compile --output FILE.yaml [--config kubeflow/config.yaml] [--image IMAGE]
                      [--pipeline-root URI] [--data URI] [--serving-dir URI] [--profile ...]
 
 Exit codes: 0 the pipeline ran (blessed or not: see the summary), 1 a
-component failed, 2 bad arguments or unusable data.
+component failed, 2 bad arguments or unusable data, 3 data validation
+blocked the run before Transform (the summary and data report say why).
 """
 import argparse
 import logging
@@ -37,24 +41,36 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="TFX pipeline for facial emotion recognition on FER2013")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("run", help="run the pipeline: ingest, validate, train, evaluate, push")
-    p.add_argument("--data", required=True,
-                   help="FER2013 as a Kaggle folder (train/, test/), fer2013.csv, or a .zip of either")
-    p.add_argument("--output", required=True, help="directory for everything the run makes")
-    p.add_argument("--profile", choices=config.PROFILES, default="full",
-                   help="smoke: small stratified sample, 2 epochs; full: all data, full recipe")
-    p.add_argument("--runner", choices=run.RUNNERS, default="local",
-                   help="orchestrator: TFX LocalDagRunner or BeamDagRunner")
+    v = sub.add_parser("validate", help="ingest and validate the data only (no training): "
+                                        "imbalance, schema, skew and span drift, data report")
+    for q in (p, v):
+        q.add_argument("--data", required=True,
+                       help="FER2013 as a Kaggle folder (train/, test/), fer2013.csv, or a .zip of "
+                            "either; or a folder of spans span-1/, span-2/, ... (the newest is "
+                            "ingested and checked for drift against the one before)")
+        q.add_argument("--output", required=True, help="directory for everything the run makes")
+        q.add_argument("--profile", choices=config.PROFILES, default="full",
+                       help="smoke: small stratified sample, 2 epochs; full: all data, full recipe")
+        q.add_argument("--runner", choices=run.RUNNERS, default="local",
+                       help="orchestrator: TFX LocalDagRunner or BeamDagRunner")
+        q.add_argument("--classes", default="",
+                       help="comma-separated emotions to train on (default: all seven)")
+        q.add_argument("--validation-config",
+                       help="YAML or JSON file overriding data-validation thresholds and actions "
+                            "(keys of pipeline.config.ValidationConfig)")
+        q.add_argument("--direct-mode", choices=run.DIRECT_MODES,
+                       help="Beam DirectRunner mode (default: in_memory for local, "
+                            "multi_processing for beam)")
+        q.add_argument("--workers", type=int, default=0,
+                       help="Beam DirectRunner workers (0: one per CPU)")
+        q.add_argument("--no-cache", action="store_true", help="re-run every component")
+        q.add_argument("--verbose", action="store_true", help="show TFX and Beam logs")
     p.add_argument("--model", choices=sorted(model.BUILDERS), default="dcnn")
-    p.add_argument("--classes", default="",
-                   help="comma-separated emotions to train on (default: all seven)")
     p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
     p.add_argument("--min-accuracy", type=float,
                    help="override the profile's blessing threshold on eval accuracy")
-    p.add_argument("--direct-mode", choices=run.DIRECT_MODES,
-                   help="Beam DirectRunner mode (default: in_memory for local, multi_processing for beam)")
-    p.add_argument("--workers", type=int, default=0, help="Beam DirectRunner workers (0: one per CPU)")
-    p.add_argument("--no-cache", action="store_true", help="re-run every component")
-    p.add_argument("--verbose", action="store_true", help="show TFX and Beam logs")
+    p.add_argument("--imbalance", choices=config.IMBALANCE_STRATEGIES,
+                   help="the trainer's response to class imbalance (default: class_weight)")
 
     c = sub.add_parser("compile", help="compile for Kubeflow Pipelines (KFP v2 PipelineSpec YAML)")
     c.add_argument("--output", required=True, help="the PipelineSpec file to write (.yaml)")
@@ -90,7 +106,8 @@ def _settings(args: argparse.Namespace):
     from pipeline import features, run
 
     classes = features.validate_classes(args.classes.split(",")) if args.classes else features.EMOTIONS
-    if args.epochs is not None and args.epochs < 1:
+    validate_only = args.command == "validate"
+    if not validate_only and args.epochs is not None and args.epochs < 1:
         raise ValueError("--epochs must be at least 1")
     if args.workers < 0:
         raise ValueError("--workers must be >= 0")
@@ -98,8 +115,33 @@ def _settings(args: argparse.Namespace):
         raise ValueError(f"--output is a file, not a directory: {args.output}")
     return run.RunSettings(
         data=args.data, output=args.output, profile=args.profile, runner=args.runner,
-        model=args.model, classes=classes, epochs=args.epochs, min_accuracy=args.min_accuracy,
-        direct_mode=args.direct_mode, workers=args.workers, enable_cache=not args.no_cache)
+        classes=classes, validation=_validation_config(args.validation_config),
+        direct_mode=args.direct_mode, workers=args.workers, enable_cache=not args.no_cache,
+        validate_only=validate_only,
+        **({} if validate_only else dict(model=args.model, epochs=args.epochs,
+                                         min_accuracy=args.min_accuracy, imbalance=args.imbalance)))
+
+
+def _validation_config(path: Optional[str]):
+    from pipeline.config import ValidationConfig
+
+    if not path:
+        return ValidationConfig()
+    import yaml
+
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ValueError(f"--validation-config: cannot read {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"--validation-config: {path} is not valid YAML/JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--validation-config: {path} must hold a mapping of settings")
+    try:
+        return ValidationConfig.from_dict(values)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--validation-config {path}: {e}") from None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -134,7 +176,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write(f"{PROG}: pipeline failed: {e}\n")
         return 1
     print(summary.format_text(result))
-    return 0
+    return 3 if result.get("data_validation", {}).get("blocked") else 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from pipeline import features
 
 PROFILES = ("smoke", "full")
+IMBALANCE_STRATEGIES = ("class_weight", "oversample", "none")
+ACTIONS = ("warn", "block")
 
 
 class _DictMixin:
@@ -68,12 +70,19 @@ class TrainingConfig(_DictMixin):
     reduce_lr_patience: int = 6
     reduce_lr_factor: float = 0.5
     augment: bool = True
+    # Response to class imbalance: 'class_weight' (weights n / (k * n_c) from the
+    # class counts of the training data), 'oversample' (every class drawn equally
+    # often) or 'none'.
+    imbalance: str = "class_weight"
     seed: int = 42
 
     def __post_init__(self):
         features.validate_classes(self.classes)
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if self.imbalance not in IMBALANCE_STRATEGIES:
+            raise ValueError(f"imbalance must be one of {', '.join(IMBALANCE_STRATEGIES)}, "
+                             f"got {self.imbalance!r}")
         if not 0.0 < self.validation_fraction < 0.5:
             raise ValueError("validation_fraction must be in (0, 0.5)")
 
@@ -90,6 +99,46 @@ class EvaluationConfig(_DictMixin):
     max_regression: float = 0.01
 
 
+@dataclasses.dataclass(frozen=True)
+class ValidationConfig(_DictMixin):
+    """Every data-validation threshold, in one place.
+
+    Imbalance (per split and span, from TFDV statistics of `label_name`):
+      min_class_share: a class below this share of its split is an anomaly.
+      max_imbalance_ratio: largest class count / smallest above this is an anomaly.
+      imbalance_action: 'warn' (reported, the run goes on) or 'block'.
+    Drift (new span vs previous span, same split) and skew (eval/test vs train),
+    measured by TFX's DistributionValidator:
+      label_linf_drift / label_linf_skew: L-infinity distance of the string label.
+      brightness_js / contrast_js: Jensen-Shannon divergence of the per-image mean
+        brightness and contrast (both in [0, 1]) computed once at ingestion.
+      drift_action: 'block' stops the run before Transform, 'warn' only reports.
+    Schema (ExampleValidator against the curated schema):
+      schema_action: 'block' or 'warn' for unknown labels, missing images, etc.
+    """
+    min_class_share: float = 0.03
+    max_imbalance_ratio: float = 10.0
+    imbalance_action: str = "warn"
+    label_linf_drift: float = 0.1
+    label_linf_skew: float = 0.1
+    brightness_js: float = 0.1
+    contrast_js: float = 0.1
+    drift_action: str = "block"
+    schema_action: str = "block"
+
+    def __post_init__(self):
+        for name in ("imbalance_action", "drift_action", "schema_action"):
+            if getattr(self, name) not in ACTIONS:
+                raise ValueError(f"{name} must be one of {', '.join(ACTIONS)}, "
+                                 f"got {getattr(self, name)!r}")
+        for name in ("min_class_share", "label_linf_drift", "label_linf_skew",
+                     "brightness_js", "contrast_js"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.max_imbalance_ratio < 1.0:
+            raise ValueError(f"max_imbalance_ratio must be >= 1, got {self.max_imbalance_ratio}")
+
+
 def serving_model_name(model: str, classes: Tuple[str, ...]) -> str:
     """Pipeline and serving model name: fer2013-<model>[-<classes>] (KFP-safe: [a-z0-9-])."""
     suffix = "" if tuple(classes) == features.EMOTIONS else "-" + "-".join(classes)
@@ -101,6 +150,7 @@ class ProfileConfig:
     sample_per_class: Tuple[Tuple[str, int], ...]
     training: TrainingConfig
     evaluation: EvaluationConfig
+    validation: ValidationConfig = ValidationConfig()
 
 
 def profile_configs(profile: str, model: str, classes: Tuple[str, ...],

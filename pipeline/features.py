@@ -27,6 +27,8 @@ LABEL_KEY = "label"              # FER2013 integer code of the emotion (index in
 LABEL_NAME_KEY = "label_name"    # emotion name
 SOURCE_SPLIT_KEY = "source_split"  # FER2013 Usage the record came from
 IMAGE_ID_KEY = "image_id"        # stable id: file stem, or <Usage>_<row> for CSV rows
+BRIGHTNESS_KEY = "brightness"    # mean pixel value / 255, computed once at ingestion
+CONTRAST_KEY = "contrast"        # standard deviation of the pixels / 255, likewise
 
 # Transformed features written by Transform.
 PIXELS_KEY = "pixels"            # float32 [48, 48, 1] in [0, 1]

@@ -5,8 +5,12 @@ Output layout under `output`:
     tfx/                          pipeline root (every component's artifacts)
     metadata.sqlite               ML Metadata store
     serving/<model-name>/<ver>/   pushed SavedModels, TF Serving's layout
-    reports/                      summary.txt/.json, ingestion report, quarantine.csv,
-                                  evaluation.json of the latest run
+    reports/                      summary.txt/.json, data_report.html, data_validation.json,
+                                  ingestion report, quarantine.csv, evaluation.json
+                                  of the latest run
+
+`data` may hold numbered spans (span-1/, span-2/, ...): the run ingests the
+newest and checks it for drift against the one before.
 """
 import dataclasses
 import os
@@ -17,7 +21,7 @@ from tfx import v1 as tfx
 
 from components.example_gen import fer2013
 from pipeline import features, summary
-from pipeline.config import IngestConfig, profile_configs, serving_model_name
+from pipeline.config import IngestConfig, ValidationConfig, profile_configs, serving_model_name
 from pipeline.pipeline import create_pipeline
 
 RUNNERS = ("local", "beam")
@@ -40,9 +44,12 @@ class RunSettings:
     classes: Tuple[str, ...] = features.EMOTIONS
     epochs: Optional[int] = None
     min_accuracy: Optional[float] = None
+    imbalance: Optional[str] = None    # override the trainer's response to class imbalance
+    validation: ValidationConfig = ValidationConfig()
     direct_mode: Optional[str] = None  # default: in_memory for local, multi_processing for beam
     workers: int = 0                   # Beam DirectRunner workers; 0 = one per CPU
     enable_cache: bool = True
+    validate_only: bool = False        # stop after the data-validation gate
 
     @property
     def model_name(self) -> str:
@@ -65,31 +72,36 @@ def beam_args(settings: RunSettings) -> list:
     return [f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]
 
 
-def build(settings: RunSettings, source: fer2013.SourceInfo) -> tfx.dsl.Pipeline:
-    """The pipeline for `settings` on the data `source` describes."""
+def build(settings: RunSettings, spans: fer2013.Spans) -> tfx.dsl.Pipeline:
+    """The pipeline for `settings` on the data `spans` describes."""
     profile = profile_configs(settings.profile, settings.model, settings.classes,
                               settings.epochs, settings.min_accuracy)
+    training = profile.training
+    if settings.imbalance:
+        training = dataclasses.replace(training, imbalance=settings.imbalance)
     where = paths(settings.output, settings.model_name)
     return create_pipeline(
         pipeline_name=settings.model_name,
         pipeline_root=where["pipeline_root"],
-        source=source,
-        ingest=IngestConfig(layout=source.layout, classes=settings.classes,
+        source=spans.current,
+        baseline_source=spans.previous,
+        ingest=IngestConfig(layout=spans.current.layout, classes=settings.classes,
                             sample_per_class=profile.sample_per_class),
         schema_file=SCHEMA_FILE,
-        training=profile.training,
+        training=training,
         gates=profile.evaluation,
+        validation=settings.validation,
         serving_model_dir=where["serving"],
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             where["metadata"]),
         beam_pipeline_args=beam_args(settings),
-        enable_cache=settings.enable_cache)
+        enable_cache=settings.enable_cache,
+        validate_only=settings.validate_only)
 
 
 def run(settings: RunSettings) -> Dict:
     """Detects the data, runs the pipeline, writes the reports; returns the summary."""
-    source = fer2013.detect_source(settings.data)
-    pipeline = build(settings, source)
+    pipeline = build(settings, fer2013.detect_spans(settings.data))
     where = paths(settings.output, settings.model_name)
     os.makedirs(where["reports"], exist_ok=True)
     if settings.runner == "local":
@@ -109,6 +121,6 @@ def run(settings: RunSettings) -> Dict:
     result = summary.collect(where["metadata"], pipeline, since=started,
                              classes=settings.classes)
     result.update(settings=dataclasses.asdict(settings), wall_seconds=round(time.time() - started, 1),
-                  output=os.path.abspath(settings.output))
+                  output=os.path.abspath(settings.output), validate_only=settings.validate_only)
     summary.write_reports(result, where["reports"])
     return result

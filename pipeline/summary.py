@@ -14,9 +14,9 @@ import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
-from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 
+from components.data_validation import report as data_report
 from components.example_gen import report as ingestion_report
 from pipeline.evaluation import ACCURACY
 
@@ -65,19 +65,6 @@ def _custom(artifact, key: str):
     if value is None:
         return None
     return value.int_value if value.HasField("int_value") else value.string_value
-
-
-def _anomalies(artifact) -> Dict[str, List[str]]:
-    found = {}
-    for split_dir in tf.io.gfile.glob(os.path.join(artifact.uri, "Split-*")):
-        path = os.path.join(split_dir, "SchemaDiff.pb")
-        if not tf.io.gfile.exists(path):
-            continue
-        with tf.io.gfile.GFile(path, "rb") as f:
-            anomalies = anomalies_pb2.Anomalies.FromString(f.read())
-        found[os.path.basename(split_dir)[len("Split-"):]] = [
-            f"{name}: {info.short_description}" for name, info in anomalies.anomaly_info.items()]
-    return found
 
 
 def _slice_name(slice_key) -> str:
@@ -163,15 +150,23 @@ def collect(metadata_path: str, pipeline: tfx.dsl.Pipeline, since: float,
         loaded = ingestion_report.load(report.uri)
         out["ingestion"] = {"splits": loaded["splits"], "totals": loaded["totals"],
                             "report_dir": report.uri}
-    anomalies = output("ExampleValidator", "anomalies")
-    if anomalies:
-        out["anomalies"] = _anomalies(anomalies)
+    gate = output("DataValidationGate", "report")
+    if gate:
+        loaded = data_report.load(gate.uri)
+        out["data_validation"] = {
+            "blocked": loaded["blocked"], "spans": loaded["spans"],
+            "findings": loaded["findings"], "distances": loaded["distances"],
+            "class_distribution": loaded["class_distribution"], "report_dir": gate.uri}
     model_run = output("Trainer", "model_run")
     if model_run and tf.io.gfile.exists(os.path.join(model_run.uri, "history.json")):
         with tf.io.gfile.GFile(os.path.join(model_run.uri, "history.json")) as f:
             history = json.load(f)
         out["training"] = {"epochs": len(history.get("loss", [])),
                            "best_val_accuracy": round(max(history.get("val_accuracy", [0.0])), 4)}
+        balance = os.path.join(model_run.uri, "class_balance.json")
+        if tf.io.gfile.exists(balance):
+            with tf.io.gfile.GFile(balance) as f:
+                out["training"]["class_balance"] = json.load(f)
     evaluation = output("Evaluator", "evaluation")
     blessing = output("Evaluator", "blessing")
     if evaluation:
@@ -208,23 +203,47 @@ def format_text(result: Dict) -> str:
                          f"{counts['sampled_out']} not sampled")
         lines.append(f"  quarantined/converted records: "
                      f"{os.path.join(result.get('reports_dir', ingestion['report_dir']), ingestion_report.QUARANTINE_CSV)}")
-    for split, found in result.get("anomalies", {}).items():
-        if found:
-            lines.append(f"  schema anomalies in {split}: " + "; ".join(found))
+    validation = result.get("data_validation")
+    if validation:
+        findings = validation["findings"]
+        blocking = sum(f["blocking"] for f in findings)
+        spans = validation["spans"]
+        compared = (f" ({spans['current_name']} against {spans['previous_name']})"
+                    if spans["previous"] is not None else "")
+        lines.append(f"Data validation{compared}: "
+                     + ("BLOCKED, the run stopped before Transform" if validation["blocked"]
+                        else "passed")
+                     + f": {blocking} blocking, {len(findings) - blocking} warning(s)")
+        for finding in findings:
+            lines.append(f"  {'blocks' if finding['blocking'] else 'warns'}: {finding['message']}")
+        lines.append("  data report: " + os.path.join(
+            result.get("reports_dir", validation["report_dir"]), data_report.REPORT_HTML))
     if "training" in result:
         lines.append(f"Training: {result['training']['epochs']} epochs, best validation accuracy "
                      f"{result['training']['best_val_accuracy']:.3f} (validation carved from train)")
+        balance = result["training"].get("class_balance")
+        if balance:
+            weights = balance.get("class_weights")
+            lines.append(f"  class imbalance: {balance['imbalance']}" + (
+                " (weights " + ", ".join(f"{k} {v:.2f}" for k, v in weights.items()) + ")"
+                if weights else ""))
     head = headline(result)
     if head:
         lines.append("Evaluation on eval: " + ", ".join(
             f"{k} {v:.0f}" if k == "example_count" else f"{k} {v:.4f}" for k, v in head.items()))
-    validation = result.get("evaluation", {}).get("validation", {})
-    if result["blessed"]:
+    model_validation = result.get("evaluation", {}).get("validation", {})
+    if result.get("validate_only"):
+        pass  # nothing was meant to be trained
+    elif result["blessed"]:
         lines.append("Blessed: yes (all thresholds passed)")
     else:
-        reasons = validation.get("failures") or ["the Evaluator did not run"]
+        stopped = validation and validation["blocked"]
+        reasons = model_validation.get("failures") or [
+            "no model was trained: data validation blocked the run" if stopped
+            else "the Evaluator did not run"]
         lines.append("Blessed: NO: " + "; ".join(reasons))
-    lines.append(f"Pushed: {result['pushed_path']}" if result["pushed"] else "Pushed: nothing")
+    if not result.get("validate_only"):
+        lines.append(f"Pushed: {result['pushed_path']}" if result["pushed"] else "Pushed: nothing")
     if result.get("reports_dir"):
         lines.append(f"Reports: {result['reports_dir']}")
     return "\n".join(lines)
@@ -238,6 +257,11 @@ def write_reports(result: Dict, reports_dir: str) -> None:
     if ingestion:
         for name in (ingestion_report.REPORT_JSON, ingestion_report.QUARANTINE_CSV):
             shutil.copyfile(os.path.join(ingestion["report_dir"], name),
+                            os.path.join(reports_dir, name))
+    validation = result.get("data_validation")
+    if validation:
+        for name in (data_report.REPORT_HTML, data_report.REPORT_JSON):
+            shutil.copyfile(os.path.join(validation["report_dir"], name),
                             os.path.join(reports_dir, name))
     if "evaluation" in result:
         with open(os.path.join(reports_dir, EVALUATION_JSON), "w") as f:

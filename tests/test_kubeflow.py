@@ -33,10 +33,23 @@ def task_parameter(spec, task, name):
 def test_compiled_pipeline_has_the_local_pipelines_components(tmp_path):
     config, spec, _ = compiled(tmp_path)
     local = run.build(run.RunSettings(data="unused", output=str(tmp_path / "local")),
-                      fer2013.declared_source("folder", "/data/fer2013", ["train", "eval"]))
+                      fer2013.Spans(fer2013.declared_source("folder", "/data/fer2013",
+                                                            ["train", "eval"])))
     tasks = {re.sub(r"-model(-blessing)?-resolver$", "", t) for t in spec["root"]["dag"]["tasks"]}
     assert tasks == set(runner.component_ids(local))
     assert spec["pipelineInfo"]["name"] == config.name == "fer2013-dcnn"
+
+
+def test_previous_span_adds_drift_validation_and_the_gate_guards_transform(tmp_path):
+    _, spec, _ = compiled(tmp_path, baseline_data="gs://your-bucket/fer2013/span-1")
+    tasks = spec["root"]["dag"]["tasks"]
+    assert {"PreviousSpanExampleGen", "PreviousSpanStatisticsGen", "DriftValidator",
+            "SkewValidator", "DataValidationGate"} <= set(tasks)
+    assert task_parameter(spec, "PreviousSpanExampleGen", "input_base") == (
+        "gs://your-bucket/fer2013/span-1")
+    assert "blocked" in tasks["Transform"]["triggerPolicy"]["condition"]
+    with pytest.raises(runner.ConfigError, match="baseline_data must be"):
+        runner.load_config(runner.DEFAULT_CONFIG, baseline_data="/local/span-1")
 
 
 def test_only_the_trainer_asks_for_gpus_and_its_scheduling_is_configured(tmp_path):
@@ -67,7 +80,10 @@ def test_image_paths_beam_args_and_hyperparameters_come_from_configuration(tmp_p
     training = json.loads(task_parameter(spec, "Trainer", "custom_config"))
     assert (training["classes"], training["epochs"]) == (["happy", "sad", "neutral"], 2)
     assert task_parameter(spec, "Fer2013ExampleGen", "input_base") == "gs://your-bucket/fer2013/data"
-    assert task_parameter(spec, "ImportSchemaGen", "schema_file") == runner.IMAGE_SCHEMA_FILE
+    assert task_parameter(spec, "CuratedSchemaGen", "schema_file") == runner.IMAGE_SCHEMA_FILE
+    assert task_parameter(spec, "CuratedSchemaGen", "classes") == "happy,sad,neutral"
+    gate = json.loads(task_parameter(spec, "DataValidationGate", "validation_config"))
+    assert gate["drift_action"] == "block" and gate["label_linf_skew"] == 0.1
     push = json.loads(task_parameter(spec, "Pusher", "push_destination"))
     assert push["filesystem"]["base_directory"] == (
         "gs://your-bucket/fer2013/serving/fer2013-dcnn-happy-sad-neutral")

@@ -18,8 +18,9 @@ from pipeline import cli, features
 from pipeline.config import profile_configs
 from tests.conftest import encode, real_images
 
-NODES = ("Fer2013ExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "Transform",
-         "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher")
+NODES = ("Fer2013ExampleGen", "StatisticsGen", "CuratedSchemaGen", "ExampleValidator",
+         "SkewValidator", "DataValidationGate", "Transform", "Trainer",
+         "latest_blessed_model_resolver", "Evaluator", "Pusher")
 FER_PIPELINE = os.path.join(os.path.dirname(sys.executable), "fer-pipeline")
 
 
@@ -60,8 +61,15 @@ def test_smoke_run_executes_every_component_and_pushes(smoke):
     matrix = summary["evaluation"]["confusion_matrix"]
     assert matrix["classes"] == list(features.EMOTIONS)
     assert [sum(row) for row in matrix["counts"]] == [20] * 7  # 20 eval faces per emotion
+    validation = summary["data_validation"]
+    assert not validation["blocked"] and validation["findings"] == []  # balanced sample, one span
+    assert {(d["feature"], d["where"]) for d in validation["distances"]} == {
+        (f, "eval vs train") for f in ("label_name", "brightness", "contrast")}
+    assert all(not d["breached"] for d in validation["distances"])
+    assert summary["training"]["class_balance"]["imbalance"] == "class_weight"
+    assert "Data validation: passed: 0 blocking, 0 warning(s)" in stdout
     for name in ("summary.txt", "evaluation.json", "quarantine.csv", "ingestion_report.json",
-                 "confusion_matrix.csv"):
+                 "confusion_matrix.csv", "data_report.html", "data_validation.json"):
         assert os.path.isfile(os.path.join(output, "reports", name))
 
 
@@ -82,7 +90,8 @@ def test_signatures_agree_and_predict_image_takes_any_jpeg_or_png(smoke):
     model = tf.saved_model.load(summary["pushed_path"])
     paths = [real_images("test", e, 1)[0] for e in features.EMOTIONS]
     images = [p.read_bytes() for p in paths]
-    examples = [make_example(b, "angry", "PublicTest", p.stem) for b, p in zip(images, paths)]
+    examples = [make_example(b, "angry", "PublicTest", p.stem, np.asarray(Image.open(p)))
+                for b, p in zip(images, paths)]
     by_example = model.signatures[features.SERVING_DEFAULT_SIGNATURE](
         **{features.EXAMPLES_INPUT: tf.constant(examples)})
     by_image = model.signatures[features.PREDICT_IMAGE_SIGNATURE](

@@ -33,6 +33,7 @@ class Fer2013ExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
     PARAMETERS = {
         **standard_component_specs.FileBasedExampleGenSpec.PARAMETERS,
         executor.INGEST_CONFIG_KEY: ExecutionParameter(type=str),
+        executor.DATA_SPAN_KEY: ExecutionParameter(type=int, optional=True),
     }
     OUTPUTS = {
         **standard_component_specs.FileBasedExampleGenSpec.OUTPUTS,
@@ -60,6 +61,7 @@ class Fer2013ExampleGen(FileBasedExampleGen):
             output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
             output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
             ingest_config=json.dumps(ingest.to_dict(), sort_keys=True),
+            data_span=source.span,
             examples=types.Channel(type=standard_artifacts.Examples),
             ingestion_report=types.Channel(type=IngestionReport))
         base_beam_component.BaseBeamComponent.__init__(self, spec=spec)

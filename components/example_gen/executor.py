@@ -21,6 +21,7 @@ from components.example_gen import fer2013, report
 from pipeline.config import IngestConfig
 
 INGEST_CONFIG_KEY = "ingest_config"
+DATA_SPAN_KEY = "data_span"
 INGESTION_REPORT_KEY = "ingestion_report"
 
 
@@ -96,6 +97,11 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
             self._report_dir, [s.name for s in input_config.splits],
             source=exec_properties["input_base"])
         totals = summary["totals"]
+        span = int(exec_properties.get(DATA_SPAN_KEY) or 0)
+        for artifact in output_dict["examples"]:
+            artifact.span = span
+            artifact.set_int_custom_property("span", span)
+        report_artifact.set_int_custom_property("span", span)
         for artifact in (report_artifact, *output_dict["examples"]):
             artifact.set_int_custom_property("num_examples", totals["examples"])
             artifact.set_int_custom_property("num_quarantined", totals[fer2013.QUARANTINED])

@@ -65,10 +65,18 @@ class SourceInfo:
     input_base: str
     patterns: Tuple[Tuple[str, str], ...]
     inner_layout: str = ""
+    span: int = 0             # N for data under span-N/, 0 when the data has no spans
 
     @property
     def splits(self) -> Tuple[str, ...]:
         return tuple(name for name, _ in self.patterns)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spans:
+    """What a run ingests: the newest span, and the one before it (the drift baseline)."""
+    current: SourceInfo
+    previous: Optional[SourceInfo] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +112,51 @@ class Outcome:
 # ----------------------------------------------------------------------------
 # Detecting the layout
 # ----------------------------------------------------------------------------
+
+SPAN_DIR = re.compile(r"^span-([0-9]+)$")
+
+
+def span_dirs(path: str) -> List[Tuple[int, str]]:
+    """[(N, path of span-N)] sorted by N, for a folder holding span-1, span-2, ...; else []."""
+    if not tf.io.gfile.isdir(path):
+        return []
+    found = []
+    for name in tf.io.gfile.listdir(path):
+        match = SPAN_DIR.match(name.rstrip("/"))
+        if match and tf.io.gfile.isdir(os.path.join(path, name.rstrip("/"))):
+            found.append((int(match.group(1)), os.path.join(path, name.rstrip("/"))))
+    found.sort()
+    numbers = [n for n, _ in found]
+    if len(set(numbers)) != len(numbers):
+        raise DataError(f"{path}: two span folders have the same number: "
+                        f"{', '.join(os.path.basename(p) for _, p in found)}")
+    return found
+
+
+def detect_spans(path: str) -> Spans:
+    """The newest span under `path` and the one before it; without span-N folders,
+    `path` itself is the data (span 0) and there is no previous span."""
+    found = span_dirs(path)
+    if not found:
+        return Spans(detect_source(path))
+    number, newest = found[-1]
+    current = dataclasses.replace(_span_source(newest), span=number)
+    if len(found) == 1:
+        return Spans(current)
+    number, before = found[-2]
+    return Spans(current, dataclasses.replace(_span_source(before), span=number))
+
+
+def _span_source(path: str) -> SourceInfo:
+    """A span folder holds any accepted layout, or a single .zip of one."""
+    try:
+        return detect_source(path)
+    except DataError:
+        archives = [n for n in tf.io.gfile.listdir(path) if n.lower().endswith(".zip")]
+        if len(archives) == 1:
+            return detect_source(os.path.join(path, archives[0]))
+        raise
+
 
 def detect_source(path: str) -> SourceInfo:
     """Recognizes the FER2013 form at `path`; raises DataError naming what is wrong."""
@@ -414,12 +467,13 @@ def to_outcome(ref: RecordRef, classes: Sequence[str]) -> Outcome:
         return result(SAMPLED_OUT, "not in the profile's stratified sample")
     try:
         if ref.location[0] == "pixels":
-            encoded, note = _pixels_to_png(ref.location[1]), ""
+            pixels = _pixels(ref.location[1])
+            encoded, note = _png(pixels), ""
         else:
-            encoded, note = _checked_image(_read_bytes(ref.location))
+            encoded, pixels, note = _checked_image(_read_bytes(ref.location))
     except _BadRecord as e:
         return result(QUARANTINED, str(e))
-    example = make_example(encoded, ref.label_name, ref.usage, ref.image_id)
+    example = make_example(encoded, ref.label_name, ref.usage, ref.image_id, pixels)
     return result(CONVERTED if note else OK, note, example)
 
 
@@ -443,8 +497,9 @@ def _read_bytes(location: Tuple) -> bytes:
         raise _BadRecord(f"cannot read: {e}") from None
 
 
-def _checked_image(data: bytes) -> Tuple[bytes, str]:
-    """Returns (bytes to keep, conversion note); raises _BadRecord for non-images."""
+def _checked_image(data: bytes) -> Tuple[bytes, np.ndarray, str]:
+    """Returns (bytes to keep, 48x48 uint8 pixels, conversion note); raises _BadRecord
+    for non-images."""
     if not data:
         raise _BadRecord("empty file")
     try:
@@ -458,16 +513,18 @@ def _checked_image(data: bytes) -> Tuple[bytes, str]:
         raise _BadRecord(f"cannot decode image: {e}") from None
     size = (features.IMAGE_SIZE, features.IMAGE_SIZE)
     if image.size == size and image.mode == "L" and image.format in _KEEP_FORMATS:
-        return data, ""
+        return data, np.asarray(image), ""
     note = (f"converted {image.format} {image.mode} {image.size[0]}x{image.size[1]} "
             f"to 48x48 grayscale PNG")
     converted = image.convert("L")
     if converted.size != size:
         converted = converted.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
-    return _png(np.asarray(converted)), note
+    pixels = np.asarray(converted)
+    return _png(pixels), pixels, note
 
 
-def _pixels_to_png(text: str) -> bytes:
+def _pixels(text: str) -> np.ndarray:
+    """48x48 uint8 pixels from a CSV row's space-separated values."""
     values = text.split()
     if len(values) != features.NUM_PIXELS:
         raise _BadRecord(f"expected {features.NUM_PIXELS} pixel values, got {len(values)}")
@@ -478,7 +535,7 @@ def _pixels_to_png(text: str) -> bytes:
         raise _BadRecord(f"non-numeric pixel value {bad[:20]!r}") from None
     if pixels.min() < 0 or pixels.max() > 255:
         raise _BadRecord("pixel value outside 0..255")
-    return _png(pixels.astype(np.uint8).reshape(features.IMAGE_SIZE, features.IMAGE_SIZE))
+    return pixels.astype(np.uint8).reshape(features.IMAGE_SIZE, features.IMAGE_SIZE)
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -487,10 +544,23 @@ def _png(array: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def make_example(encoded: bytes, label_name: str, usage: str, image_id: str) -> bytes:
-    """A serialized tf.Example with the raw features the pipeline expects."""
+def image_statistics(pixels: np.ndarray) -> Tuple[float, float]:
+    """(brightness, contrast) of one image: mean and standard deviation of its pixels / 255."""
+    values = np.asarray(pixels, dtype=np.float64) / 255.0
+    return float(values.mean()), float(values.std())
+
+
+def make_example(encoded: bytes, label_name: str, usage: str, image_id: str,
+                 pixels: np.ndarray) -> bytes:
+    """A serialized tf.Example with the raw features the pipeline expects; `pixels`
+    (the decoded image) gives the per-image statistics that drift checks compare."""
     def bytes_feature(value: bytes) -> tf.train.Feature:
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def float_feature(value: float) -> tf.train.Feature:
+        return tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
+
+    brightness, contrast = image_statistics(pixels)
 
     return tf.train.Example(features=tf.train.Features(feature={
         features.IMAGE_KEY: bytes_feature(encoded),
@@ -499,4 +569,6 @@ def make_example(encoded: bytes, label_name: str, usage: str, image_id: str) -> 
         features.LABEL_NAME_KEY: bytes_feature(label_name.encode()),
         features.SOURCE_SPLIT_KEY: bytes_feature(usage.encode()),
         features.IMAGE_ID_KEY: bytes_feature(image_id.encode()),
+        features.BRIGHTNESS_KEY: float_feature(brightness),
+        features.CONTRAST_KEY: float_feature(contrast),
     })).SerializeToString()

@@ -32,9 +32,12 @@ def callbacks(config: TrainingConfig, log_dir: str) -> List[keras.callbacks.Call
 
 
 def fit(model: keras.Model, train: tf.data.Dataset, validation: tf.data.Dataset,
-        config: TrainingConfig, log_dir: str) -> Dict[str, List[float]]:
-    """Trains `model` in place; returns the per-epoch history."""
+        config: TrainingConfig, log_dir: str,
+        class_weight: Optional[Dict[int, float]] = None) -> Dict[str, List[float]]:
+    """Trains `model` in place (loss weighted per class when `class_weight` is given);
+    returns the per-epoch history."""
     os.makedirs(log_dir, exist_ok=True)
     history = model.fit(train, validation_data=validation, epochs=config.epochs,
-                        callbacks=callbacks(config, log_dir), verbose=2)
+                        callbacks=callbacks(config, log_dir), class_weight=class_weight,
+                        verbose=2)
     return {k: [float(v) for v in values] for k, values in history.history.items()}
