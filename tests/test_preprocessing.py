@@ -27,7 +27,8 @@ def transform(rows, classes, tmp_path):
 def row(image: bytes, emotion: str, image_id: str):
     return {features.IMAGE_KEY: [image], features.LABEL_KEY: [features.EMOTIONS.index(emotion)],
             features.LABEL_NAME_KEY: [emotion.encode()], features.SOURCE_SPLIT_KEY: [b"Training"],
-            features.IMAGE_ID_KEY: [image_id.encode()]}
+            features.IMAGE_ID_KEY: [image_id.encode()], features.BRIGHTNESS_KEY: [0.5],
+            features.CONTRAST_KEY: [0.2]}
 
 
 def test_real_jpegs_are_decoded_exactly_and_labels_follow_classes(tmp_path):
