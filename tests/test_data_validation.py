@@ -110,7 +110,7 @@ def test_span_made_mostly_of_one_emotion_is_stopped_before_training(tmp_path):
     assert drift[0]["measured"] == pytest.approx(40 / 64 - 40 / 280, abs=1e-3)
     assert drift[0]["threshold"] == pytest.approx(0.1)
     assert ("blocks: drift of label_name (span-2 train vs span-1 train): L-infinity distance "
-            "0.4821 above the threshold 0.1") in done.stdout
+            "0.4821 above the threshold 0.1; largest change: happy") in done.stdout
     assert "no model was trained: data validation blocked the run" in done.stdout
     page = (output / "reports" / report.REPORT_HTML).read_text()
     assert "BLOCKED" in page and "<svg" in page and "label_name" in page

@@ -9,6 +9,7 @@ measured, the measured value and the threshold) and decides which block.
 """
 import dataclasses
 import os
+import re
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import tensorflow as tf
@@ -53,6 +54,7 @@ class Distance:
     measure: str
     value: float
     threshold: float
+    detail: str = ""    # TFDV's description of a breach (names the value that moved most)
 
     @property
     def breached(self) -> bool:
@@ -178,12 +180,15 @@ def distances(anomalies: Mapping[str, anomalies_pb2.Anomalies], check: str,
             where = f"{span_name(current_span)} {tested} vs {baseline}"
         else:
             where = f"{tested} vs {baseline}"
+        details = {name: " ".join(r.description for r in info.reason if r.type in _DISTANCE_REASONS)
+                   for name, info in proto.anomaly_info.items()}
         for info in proto.drift_skew_info:
             feature = ".".join(info.path.step)
             for measurement in [*info.drift_measurements, *info.skew_measurements]:
                 out.append(Distance(check, feature, where,
                                     _MEASURES.get(measurement.type, "distance"),
-                                    round(measurement.value, 4), measurement.threshold))
+                                    round(measurement.value, 4), measurement.threshold,
+                                    details.get(feature, "")))
     return out
 
 
@@ -208,10 +213,20 @@ def comparison_problems(anomalies: Mapping[str, anomalies_pb2.Anomalies], check:
     return found
 
 
+_MOST_CHANGED = re.compile(r"maximum difference is: (.+?)\.?$")
+
+
 def distance_findings(measured: Sequence[Distance], config: ValidationConfig) -> List[Finding]:
-    """A finding per breached threshold, naming the feature, the distance and the threshold."""
-    return [Finding(d.check, d.feature, d.where,
-                    f"{d.check} of {d.feature} ({d.where}): {d.measure} {d.value:.4f} "
-                    f"above the threshold {d.threshold:g}",
-                    config.drift_action == "block", d.value, d.threshold)
-            for d in measured if d.breached]
+    """A finding per breached threshold, naming the feature, the distance and the threshold
+    (and, for the label, the value whose share moved most, as TFDV reports it)."""
+    found = []
+    for d in measured:
+        if not d.breached:
+            continue
+        most = _MOST_CHANGED.search(d.detail)
+        found.append(Finding(
+            d.check, d.feature, d.where,
+            f"{d.check} of {d.feature} ({d.where}): {d.measure} {d.value:.4f} above the threshold "
+            f"{d.threshold:g}" + (f"; largest change: {most.group(1)}" if most else ""),
+            config.drift_action == "block", d.value, d.threshold))
+    return found

@@ -110,8 +110,9 @@ def build_report(*, pipeline: str, data: str, config: ValidationConfig, classes:
             counts = checks.class_counts(stats, classes)
             distribution[name][split] = counts
             image_stats[name][split] = checks.numeric_means(stats)
-            findings += checks.imbalance_findings(counts, f"{name} {split}" if previous is not None
-                                                  else split, config)
+            if stats_artifact is statistics:  # the data being ingested; the baseline is context
+                findings += checks.imbalance_findings(
+                    counts, f"{name} {split}" if previous is not None else split, config)
         if ingestion_artifact is not None:
             loaded = ingestion_report.load(ingestion_artifact.uri)
             ingested[name] = {"splits": loaded["splits"], "totals": loaded["totals"]}
