@@ -5,6 +5,7 @@ plain dicts (`to_dict`/`from_dict`), so what a run used is recorded in ML Metada
 `profile_configs` holds the two built-in profiles.
 """
 import dataclasses
+import math
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from pipeline import features
@@ -127,6 +128,11 @@ class ValidationConfig(_DictMixin):
     schema_action: str = "block"
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type is float and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                        or not math.isfinite(value)):
+                raise ValueError(f"{field.name} must be a finite number, got {value!r}")
         for name in ("imbalance_action", "drift_action", "schema_action"):
             if getattr(self, name) not in ACTIONS:
                 raise ValueError(f"{name} must be one of {', '.join(ACTIONS)}, "

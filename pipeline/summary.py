@@ -211,9 +211,14 @@ def format_text(result: Dict) -> str:
         compared = (f" ({spans['current_name']} against {spans['previous_name']})"
                     if spans["previous"] is not None else "")
         lines.append(f"Data validation{compared}: "
-                     + ("BLOCKED, the run stopped before Transform" if validation["blocked"]
+                     + ("BLOCKED, Transform and training do not run" if validation["blocked"]
                         else "passed")
                      + f": {blocking} blocking, {len(findings) - blocking} warning(s)")
+        current = validation["class_distribution"].get(spans["current_name"], {})
+        for split, counts in current.items():
+            total = sum(counts.values()) or 1
+            lines.append(f"  {split} classes: " + ", ".join(
+                f"{name} {count / total:.1%}" for name, count in counts.items()))
         for finding in findings:
             lines.append(f"  {'blocks' if finding['blocking'] else 'warns'}: {finding['message']}")
         lines.append("  data report: " + os.path.join(

@@ -112,6 +112,7 @@ def test_span_made_mostly_of_one_emotion_is_stopped_before_training(tmp_path):
     assert ("blocks: drift of label_name (span-2 train vs span-1 train): L-infinity distance "
             "0.4821 above the threshold 0.1; largest change: happy") in done.stdout
     assert "no model was trained: data validation blocked the run" in done.stdout
+    assert "Transform and training do not run" in done.stdout
     page = (output / "reports" / report.REPORT_HTML).read_text()
     assert "BLOCKED" in page and "<svg" in page and "label_name" in page
 
@@ -148,8 +149,11 @@ def test_real_train_split_raises_the_imbalance_warning_naming_disgust(fer2013_ro
     ratio = next(f for f in warnings if "ratio" in f["message"])
     assert "happy/disgust" in ratio["message"] and ratio["measured"] == pytest.approx(7215 / 436, abs=0.01)
     assert "warns: class 'disgust' is 1.5% of train" in done.stdout
-    skew = {d["feature"]: d for d in validation["distances"]}
-    assert skew["label_name"]["where"] == "eval vs train" and not skew["label_name"]["breached"]
+    assert "BLOCKED" not in done.stdout
+    skew = {d["feature"]: d for d in validation["distances"] if d["where"] == "eval vs train"}
+    assert set(skew) == {"label_name", "brightness", "contrast"}
+    assert not any(d["breached"] for d in skew.values())
+    assert skew["label_name"]["value"] == pytest.approx(0.0137, abs=2e-3)
 
 
 def test_imbalance_can_be_configured_to_block(tmp_path):
@@ -264,3 +268,33 @@ def test_bad_validation_config_gives_one_line_and_exit_2(content, message, tmp_p
                      "--validation-config", str(config)])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_distance_just_above_its_threshold_is_a_breach_and_nan_is_never_within():
+    just_above = checks.Distance("drift", "brightness", "span-2 train vs span-1 train",
+                                 "Jensen-Shannon divergence", 0.10004, 0.1)
+    assert just_above.breached and just_above.to_dict()["value"] == 0.1
+    unknown = checks.Distance("skew", "contrast", "eval vs train", "Jensen-Shannon divergence",
+                              float("nan"), 0.1)
+    assert unknown.breached and unknown.to_dict()["value"] is None
+    found = checks.distance_findings([just_above], ValidationConfig(drift_action="warn"))
+    assert len(found) == 1 and not found[0].blocking
+    assert found[0].message == ("drift of brightness (span-2 train vs span-1 train): "
+                                "Jensen-Shannon divergence 0.1000 above the threshold 0.1")
+
+
+@pytest.mark.parametrize("values", [{"max_imbalance_ratio": float("nan")},
+                                    {"brightness_js": float("inf")}, {"contrast_js": True}])
+def test_validation_thresholds_must_be_finite_numbers(values):
+    with pytest.raises(ValueError, match="must be a finite number"):
+        ValidationConfig(**values)
+
+
+def test_span_names_start_at_one_and_a_broken_baseline_is_named(tmp_path):
+    make_span(tmp_path / "span-0", 0, 1, eval_per_class=1)
+    with pytest.raises(fer2013.DataError, match="unrecognized layout"):
+        fer2013.detect_spans(str(tmp_path))  # span-0 is not a span folder
+    make_span(tmp_path / "span-2", 0, 1, eval_per_class=1)
+    (tmp_path / "span-1").mkdir()
+    with pytest.raises(fer2013.DataError, match=r"previous span \(the drift baseline\) is unusable"):
+        fer2013.detect_spans(str(tmp_path))

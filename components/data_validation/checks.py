@@ -8,6 +8,7 @@ them into `Finding`s (one per breached bound, naming the feature, where it was
 measured, the measured value and the threshold) and decides which block.
 """
 import dataclasses
+import math
 import os
 import re
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
@@ -58,14 +59,28 @@ class Distance:
 
     @property
     def breached(self) -> bool:
-        return self.value > self.threshold
+        """Above the threshold (on the unrounded value); a NaN distance counts as breached."""
+        return not self.value <= self.threshold
 
     def to_dict(self) -> Dict:
-        return {**dataclasses.asdict(self), "breached": self.breached}
+        finite = math.isfinite(self.value)
+        return {**dataclasses.asdict(self), "value": round(self.value, 4) if finite else None,
+                "breached": self.breached}
 
 
-def span_name(span: int) -> str:
-    return f"span-{span}" if span else "data"
+def span_name(span: int, default: str = "data") -> str:
+    """'span-N', or `default` for data without span folders."""
+    return f"span-{span}" if span else default
+
+
+def pair_name(pair: str, check: str, current: str = "", baseline: str = "") -> str:
+    """'<tested> vs <baseline split>' for a DistributionValidator split pair '<a>_<b>',
+    with span names for drift ('span-2 train vs span-1 train') and, when the data has
+    spans, for skew ('span-2 eval vs train')."""
+    tested, base = pair.split("_", 1)
+    if check == DRIFT:
+        return f"{current} {tested} vs {baseline} {base}".strip()
+    return f"{current} {tested} vs {base}".strip()
 
 
 # ----------------------------------------------------------------------------
@@ -167,19 +182,12 @@ def schema_findings(anomalies: Mapping[str, anomalies_pb2.Anomalies],
 
 
 def distances(anomalies: Mapping[str, anomalies_pb2.Anomalies], check: str,
-              current_span: int = 0, baseline_span: int = 0) -> List[Distance]:
+              current: str = "", baseline: str = "") -> List[Distance]:
     """Every measured distance of a DistributionValidator run, with its threshold.
-
-    Split pairs are named '<tested>_<baseline>' by the DistributionValidator."""
+    `current`/`baseline` name the spans compared (see `pair_name`)."""
     out = []
     for pair, proto in anomalies.items():
-        tested, baseline = pair.split("_", 1)
-        if check == DRIFT:
-            where = f"{span_name(current_span)} {tested} vs {span_name(baseline_span)} {baseline}"
-        elif current_span:
-            where = f"{span_name(current_span)} {tested} vs {baseline}"
-        else:
-            where = f"{tested} vs {baseline}"
+        where = pair_name(pair, check, current, baseline)
         details = {name: " ".join(r.description for r in info.reason if r.type in _DISTANCE_REASONS)
                    for name, info in proto.anomaly_info.items()}
         for info in proto.drift_skew_info:
@@ -187,7 +195,7 @@ def distances(anomalies: Mapping[str, anomalies_pb2.Anomalies], check: str,
             for measurement in [*info.drift_measurements, *info.skew_measurements]:
                 out.append(Distance(check, feature, where,
                                     _MEASURES.get(measurement.type, "distance"),
-                                    round(measurement.value, 4), measurement.threshold,
+                                    measurement.value, measurement.threshold,
                                     details.get(feature, "")))
     return out
 
@@ -198,12 +206,13 @@ _DISTANCE_REASONS = (anomalies_pb2.AnomalyInfo.COMPARATOR_L_INFTY_HIGH,
 
 
 def comparison_problems(anomalies: Mapping[str, anomalies_pb2.Anomalies], check: str,
-                        config: ValidationConfig) -> List[Finding]:
+                        config: ValidationConfig, current: str = "", baseline: str = ""
+                        ) -> List[Finding]:
     """Comparisons that could not be made (a feature missing from one side, say): these
     are reported as findings too, since a check that did not run proves nothing."""
     found = []
     for pair, proto in anomalies.items():
-        where = pair.replace("_", " vs ", 1)
+        where = pair_name(pair, check, current, baseline)
         for name, info in sorted(proto.anomaly_info.items()):
             for reason in info.reason:
                 if reason.type not in _DISTANCE_REASONS:
@@ -228,5 +237,6 @@ def distance_findings(measured: Sequence[Distance], config: ValidationConfig) ->
             d.check, d.feature, d.where,
             f"{d.check} of {d.feature} ({d.where}): {d.measure} {d.value:.4f} above the threshold "
             f"{d.threshold:g}" + (f"; largest change: {most.group(1)}" if most else ""),
-            config.drift_action == "block", d.value, d.threshold))
+            config.drift_action == "block",
+            round(d.value, 4) if math.isfinite(d.value) else None, d.threshold))
     return found

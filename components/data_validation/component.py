@@ -97,22 +97,29 @@ def build_report(*, pipeline: str, data: str, config: ValidationConfig, classes:
                  drift_anomalies=None, baseline_statistics=None, baseline_ingestion=None) -> Dict:
     """The data report as a dict, from the artifacts of the validators."""
     current = _span(ingestion)
-    previous = _span(baseline_ingestion) if baseline_ingestion is not None else None
-    spans = [(checks.span_name(current), statistics, ingestion)]
-    if baseline_statistics is not None:
-        spans.append((checks.span_name(previous), baseline_statistics, baseline_ingestion))
+    has_baseline = baseline_statistics is not None
+    previous = _span(baseline_ingestion) if has_baseline and baseline_ingestion is not None else 0
+    current_name = checks.span_name(current)
+    previous_name = checks.span_name(previous, default="baseline") if has_baseline else None
+    if previous_name == current_name:  # e.g. two un-numbered folders on Kubeflow
+        current_name, previous_name = "current", "baseline"
+    spans = [(current_name, statistics, ingestion)]
+    if has_baseline:
+        spans.append((previous_name, baseline_statistics, baseline_ingestion))
 
     findings: List[checks.Finding] = []
     distribution, image_stats, ingested, records = {}, {}, {}, []
+    split_stats = {}
     for name, stats_artifact, ingestion_artifact in spans:
+        split_stats[name] = _split_stats(stats_artifact)
         distribution[name], image_stats[name] = {}, {}
-        for split, stats in _split_stats(stats_artifact).items():
+        for split, stats in split_stats[name].items():
             counts = checks.class_counts(stats, classes)
             distribution[name][split] = counts
             image_stats[name][split] = checks.numeric_means(stats)
             if stats_artifact is statistics:  # the data being ingested; the baseline is context
                 findings += checks.imbalance_findings(
-                    counts, f"{name} {split}" if previous is not None else split, config)
+                    counts, f"{name} {split}" if has_baseline else split, config)
         if ingestion_artifact is not None:
             loaded = ingestion_report.load(ingestion_artifact.uri)
             ingested[name] = {"splits": loaded["splits"], "totals": loaded["totals"]}
@@ -120,14 +127,20 @@ def build_report(*, pipeline: str, data: str, config: ValidationConfig, classes:
                         if r["status"] in ("quarantined", "converted")]
 
     findings += checks.schema_findings(checks.load_anomalies(schema_anomalies.uri), config)
-    measured = checks.distances(checks.load_anomalies(skew_anomalies.uri), checks.SKEW,
-                                current if previous is not None else 0)
-    findings += checks.comparison_problems(checks.load_anomalies(skew_anomalies.uri), checks.SKEW,
-                                           config)
+    span_label = current_name if has_baseline else ""
+    skew = checks.load_anomalies(skew_anomalies.uri)
+    measured = checks.distances(skew, checks.SKEW, span_label)
+    findings += checks.comparison_problems(skew, checks.SKEW, config, span_label)
     if drift_anomalies is not None:
-        loaded_drift = checks.load_anomalies(drift_anomalies.uri)
-        measured += checks.distances(loaded_drift, checks.DRIFT, current, previous or 0)
-        findings += checks.comparison_problems(loaded_drift, checks.DRIFT, config)
+        drift = checks.load_anomalies(drift_anomalies.uri)
+        measured += checks.distances(drift, checks.DRIFT, current_name, previous_name)
+        findings += checks.comparison_problems(drift, checks.DRIFT, config, current_name,
+                                               previous_name)
+        for split in sorted(set(split_stats[current_name]) - set(split_stats[previous_name])):
+            findings.append(checks.Finding(
+                checks.DRIFT, "(split)", f"{current_name} {split}",
+                f"{current_name} {split} has no counterpart in {previous_name}: "
+                f"its drift was not checked", False))
     findings += checks.distance_findings(measured, config)
     order = {c: i for i, c in enumerate(checks.CHECKS)}
     findings.sort(key=lambda f: (not f.blocking, order[f.check], f.where, f.feature))
@@ -135,9 +148,8 @@ def build_report(*, pipeline: str, data: str, config: ValidationConfig, classes:
         "pipeline": pipeline,
         "data": data,
         "blocked": any(f.blocking for f in findings),
-        "spans": {"current": current, "current_name": checks.span_name(current),
-                  "previous": previous,
-                  "previous_name": None if previous is None else checks.span_name(previous)},
+        "spans": {"current": current, "current_name": current_name,
+                  "previous": previous if has_baseline else None, "previous_name": previous_name},
         "findings": [f.to_dict() for f in findings],
         "distances": [d.to_dict() for d in measured],
         "class_distribution": distribution,

@@ -74,8 +74,9 @@ def render_html(report: Dict) -> str:
            + (f" against {_e(report['spans']['previous_name'])}" if report['spans']['previous'] is not None
               else " (no previous span)") + "</small></p>"]
     if report["blocked"]:
-        out.append(f"<div class=blocked><b>BLOCKED</b>: {len(blocking)} blocking finding(s); the run "
-                   f"stopped before Transform and training. {len(warnings)} warning(s).</div>")
+        out.append(f"<div class=blocked><b>BLOCKED</b>: {len(blocking)} blocking finding(s); "
+                   f"Transform and training do not run on this data. {len(warnings)} "
+                   f"warning(s).</div>")
     else:
         out.append(f"<div class=passed><b>PASSED</b>: no blocking finding; "
                    f"{len(warnings)} warning(s).</div>")
@@ -102,7 +103,7 @@ def render_html(report: Dict) -> str:
     out.append("<h2>Drift and skew</h2>")
     if report["distances"]:
         rows = [[_e(d["check"]), _e(d["feature"]), _e(d["where"]), _e(d["measure"]),
-                 f"{d['value']:.4f}", f"{d['threshold']:g}",
+                 "n/a" if d["value"] is None else f"{d['value']:.4f}", f"{d['threshold']:g}",
                  "<span class=block>breached</span>" if d["breached"] else "<span class=ok>within</span>"]
                 for d in report["distances"]]
         out.append(_table(["check", "feature", "compared", "measure", "distance", "threshold", ""],
@@ -131,8 +132,8 @@ def render_html(report: Dict) -> str:
     if records:
         shown = records[:MAX_LISTED_RECORDS]
         out.append(f"<p>Quarantined and converted records ({len(records):,}"
-                   + (f", first {len(shown)} shown; all in quarantine.csv" if len(records) > len(shown)
-                      else "") + "):</p>")
+                   + (f", first {len(shown)} shown; all of them are in {REPORT_JSON}"
+                      if len(records) > len(shown) else "") + "):</p>")
         out.append(_table(["span", "split", "status", "source", "reason"],
                           [[_e(r["span"]), _e(r["split"]), _e(r["status"]), _e(r["source"]),
                             _e(r["reason"])] for r in shown]))
@@ -148,7 +149,7 @@ def render_html(report: Dict) -> str:
 def write(report: Dict, directory: str) -> None:
     tf.io.gfile.makedirs(directory)
     with tf.io.gfile.GFile(os.path.join(directory, REPORT_JSON), "w") as f:
-        json.dump(report, f, indent=1)
+        json.dump(report, f, indent=1, allow_nan=False)
     with tf.io.gfile.GFile(os.path.join(directory, REPORT_HTML), "w") as f:
         f.write(render_html(report))
 

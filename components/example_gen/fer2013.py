@@ -113,7 +113,7 @@ class Outcome:
 # Detecting the layout
 # ----------------------------------------------------------------------------
 
-SPAN_DIR = re.compile(r"^span-([0-9]+)$")
+SPAN_DIR = re.compile(r"^span-([1-9][0-9]*)$")
 
 
 def span_dirs(path: str) -> List[Tuple[int, str]]:
@@ -144,7 +144,11 @@ def detect_spans(path: str) -> Spans:
     if len(found) == 1:
         return Spans(current)
     number, before = found[-2]
-    return Spans(current, dataclasses.replace(_span_source(before), span=number))
+    try:
+        previous = _span_source(before)
+    except DataError as e:
+        raise DataError(f"the previous span (the drift baseline) is unusable: {e}") from None
+    return Spans(current, dataclasses.replace(previous, span=number))
 
 
 def _span_source(path: str) -> SourceInfo:

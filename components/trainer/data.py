@@ -53,6 +53,9 @@ def class_counts(examples: tf.data.Dataset, num_classes: int) -> np.ndarray:
 def _oversampled(examples: tf.data.Dataset, counts: np.ndarray, seed: int) -> tf.data.Dataset:
     """Every present class drawn equally often; an epoch has as many examples as the data."""
     present = [c for c, n in enumerate(counts) if n > 0]
+    if not present:
+        raise ValueError("no training examples to oversample (the train split is empty after "
+                         "the validation carve-out)")
     streams = [examples.filter(lambda e, c=c: tf.equal(e[features.CLASS_ID_KEY], c))
                .shuffle(int(min(counts[c], 2000)), seed=seed + c).repeat()
                for c in present]
