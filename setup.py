@@ -27,6 +27,8 @@ setup(
         "numpy==1.26.4",
         "pillow",
         "tensorflow-serving-api==2.16.1",
+        # 4.11 is the last OpenCV that ships the Haar face cascades (5.x dropped them).
+        "opencv-python-headless==4.11.0.86",
         "kfp==2.5.0",
     ],
     extras_require={"test": ["pytest"]},

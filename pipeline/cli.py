@@ -5,6 +5,7 @@
                      [--imbalance class_weight|oversample|none] [--validation-config FILE]
     fer-pipeline validate --data PATH --output DIR [--profile ...] [--classes ...]
                      [--validation-config FILE]      (ingest and validate only)
+    fer-pipeline predict PHOTO... (--model DIR | --server URL) [--json] [--annotate OUTDIR]
     fer-pipeline compile --output FILE.yaml [--config kubeflow/config.yaml] [--image IMAGE]
                      [--pipeline-root URI] [--data URI] [--serving-dir URI] [--profile ...]
 
@@ -72,6 +73,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--imbalance", choices=config.IMBALANCE_STRATEGIES,
                    help="the trainer's response to class imbalance (default: class_weight)")
 
+    f = sub.add_parser("predict", help="the emotions of the faces in photos (OpenCV face "
+                                       "detection, then the model in process or on TF Serving)")
+    f.add_argument("photos", nargs="+", metavar="PHOTO", help="image files (JPEG, PNG, ...)")
+    where = f.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model", help="a pushed SavedModel: version directory or its base directory")
+    where.add_argument("--server", help="TF Serving: http://host:8501 (REST) or grpc://host:8500")
+    f.add_argument("--model-name", default="fer2013-dcnn", help="served model name (with --server)")
+    f.add_argument("--timeout", type=float, default=10.0, help="seconds per server request")
+    f.add_argument("--margin", type=float, default=0.2,
+                   help="fraction of the face box added on each side of the crop")
+    f.add_argument("--json", action="store_true", help="print one JSON document")
+    f.add_argument("--annotate", metavar="OUTDIR", help="write annotated copies of the photos here")
+    f.add_argument("--verbose", action="store_true", help="show TensorFlow logs")
+
     c = sub.add_parser("compile", help="compile for Kubeflow Pipelines (KFP v2 PipelineSpec YAML)")
     c.add_argument("--output", required=True, help="the PipelineSpec file to write (.yaml)")
     c.add_argument("--config", help="Kubeflow configuration YAML (default: kubeflow/config.yaml)")
@@ -100,6 +115,22 @@ def _compile(args: argparse.Namespace) -> int:
           f"  Trainer: {gpu.count} x {gpu.resource}; data components: "
           f"{' '.join(config.beam_pipeline_args) or 'Beam DirectRunner'}")
     return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from serving import photos
+
+    if not 0.0 <= args.margin <= 1.0:
+        sys.stderr.write(f"{PROG}: error: --margin must be in [0, 1]\n")
+        return 2
+    try:
+        classifier = (photos.LocalModel(args.model) if args.model
+                      else photos.server_client(args.server, args.model_name, args.timeout))
+    except ValueError as e:
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        return 2
+    return photos.run(args.photos, classifier, as_json=args.json, annotate_dir=args.annotate,
+                      margin=args.margin)
 
 
 def _settings(args: argparse.Namespace):
@@ -154,6 +185,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from pipeline import run, summary
 
+    if args.command == "predict":
+        return _predict(args)
     if args.command == "compile":
         try:
             return _compile(args)

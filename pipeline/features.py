@@ -42,6 +42,7 @@ EXAMPLES_INPUT = "examples"
 IMAGES_INPUT = "images"
 PROBABILITIES_OUTPUT = "probabilities"
 LABEL_OUTPUT = "label"
+CLASSES_OUTPUT = "classes"       # [N, C] class names in the order of `probabilities`
 
 
 def validate_classes(classes: Sequence[str]) -> Tuple[str, ...]:

@@ -5,9 +5,12 @@ The real dataset is read from `FER2013_DATA` if set, else from
 temporary directories only, never into the repository.
 """
 import io
+import json
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 import zipfile
 from typing import Dict, List
 
@@ -86,3 +89,26 @@ def fer2013_root() -> pathlib.Path:
     if not (FER2013 / "train").is_dir():
         pytest.skip(f"FER2013 images not found at {FER2013}")
     return FER2013
+
+
+FER_PIPELINE = os.path.join(os.path.dirname(sys.executable), "fer-pipeline")
+
+
+def fer_pipeline(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([FER_PIPELINE, *args], capture_output=True, text=True, timeout=1500)
+
+
+def run_smoke(data, output, *extra):
+    done = fer_pipeline("run", "--data", str(data), "--output", str(output), "--profile", "smoke", *extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(os.path.join(output, "reports", "summary.json")) as f:
+        return json.load(f), done.stdout
+
+
+@pytest.fixture(scope="session")
+def smoke(fer2013_root, tmp_path_factory):
+    """One smoke-profile run on the real data, shared by the end-to-end and serving tests:
+    (output dir, summary dict, printed summary)."""
+    output = tmp_path_factory.mktemp("smoke")
+    summary, stdout = run_smoke(fer2013_root, output)
+    return output, summary, stdout

@@ -3,8 +3,6 @@ the gate that stops a run before Transform, and the data report."""
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -19,14 +17,9 @@ from components.trainer import data
 from pipeline import cli, features
 from pipeline.config import ValidationConfig
 from pipeline.run import SCHEMA_FILE
-from tests.conftest import FER2013
+from tests.conftest import FER2013, fer_pipeline
 
-FER_PIPELINE = os.path.join(os.path.dirname(sys.executable), "fer-pipeline")
 SPAN_NODES = {"PreviousSpanExampleGen", "PreviousSpanStatisticsGen", "DriftValidator"}
-
-
-def fer_pipeline(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([FER_PIPELINE, *args], capture_output=True, text=True, timeout=1500)
 
 
 def summary_of(output) -> dict:

@@ -3,8 +3,6 @@ and the exported SavedModel's signatures. The smoke profile keeps each run to mi
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,30 +14,11 @@ from components.example_gen.fer2013 import make_example
 from components.trainer.run import run_fn
 from pipeline import cli, features
 from pipeline.config import profile_configs
-from tests.conftest import encode, real_images
+from tests.conftest import encode, real_images, run_smoke
 
 NODES = ("Fer2013ExampleGen", "StatisticsGen", "CuratedSchemaGen", "ExampleValidator",
          "SkewValidator", "DataValidationGate", "Transform", "Trainer",
          "latest_blessed_model_resolver", "Evaluator", "Pusher")
-FER_PIPELINE = os.path.join(os.path.dirname(sys.executable), "fer-pipeline")
-
-
-def fer_pipeline(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([FER_PIPELINE, *args], capture_output=True, text=True, timeout=1500)
-
-
-def run_smoke(data, output, *extra):
-    done = fer_pipeline("run", "--data", str(data), "--output", str(output), "--profile", "smoke", *extra)
-    assert done.returncode == 0, done.stderr[-3000:]
-    with open(os.path.join(output, "reports", "summary.json")) as f:
-        return json.load(f), done.stdout
-
-
-@pytest.fixture(scope="module")
-def smoke(fer2013_root, tmp_path_factory):
-    output = tmp_path_factory.mktemp("smoke")
-    summary, stdout = run_smoke(fer2013_root, output)
-    return output, summary, stdout
 
 
 def test_smoke_run_executes_every_component_and_pushes(smoke):

@@ -1,22 +1,35 @@
 """Exports a trained Keras model with the Transform graph as a TF Serving SavedModel.
 
 Signatures (names from pipeline.features):
-  serving_default      serialized tf.Example [N] -> probabilities [N, C], label [N]
+  serving_default      serialized tf.Example [N] -> probabilities [N, C], label [N],
+                       classes [N, C] (the class names, in the order of probabilities)
   predict_image        encoded JPEG/PNG/BMP/GIF bytes [N], any size, grayscale or
-                       colour -> probabilities [N, C], label [N]
+                       colour -> the same outputs
   transform_features   serialized tf.Example [N] -> transformed features (for TFMA)
 
 Both prediction signatures call the same Transform layer and the same model,
 so they agree for the same image. Keras 3 refuses `model.save(signatures=...)`,
 hence the tf.Module wrapper.
+
+The export also carries TF Serving warm-up requests
+(`assets.extra/tf_serving_warmup_requests`): TF Serving replays them when it
+loads a version, so the first user request does not pay for graph tracing.
 """
+import io
+import os
 from typing import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
+from PIL import Image
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from pipeline import features
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+WARMUP_BATCH_SIZES = (1, 8, 64)
 
 
 class ServingModule(tf.Module):
@@ -36,7 +49,9 @@ class ServingModule(tf.Module):
         transformed = self.tft_layer(raw_features)
         probabilities = self.model(transformed[features.PIXELS_KEY], training=False)
         labels = tf.gather(self.class_names, tf.argmax(probabilities, axis=-1))
-        return {features.PROBABILITIES_OUTPUT: probabilities, features.LABEL_OUTPUT: labels}
+        classes = tf.broadcast_to(self.class_names, tf.shape(probabilities))
+        return {features.PROBABILITIES_OUTPUT: probabilities, features.LABEL_OUTPUT: labels,
+                features.CLASSES_OUTPUT: classes}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
     def serve_examples(self, examples):
@@ -63,4 +78,48 @@ def export_serving_model(model: keras.Model, tf_transform_output: tft.TFTransfor
     """Writes the SavedModel to `export_dir` and returns it."""
     module = ServingModule(model, tf_transform_output, classes)
     tf.saved_model.save(module, export_dir, signatures=module.signatures())
+    write_warmup_requests(export_dir)
     return export_dir
+
+
+def _warmup_images(n: int) -> list:
+    """Synthetic, face-free images (no user data in the model): a 48x48 grayscale PNG
+    gradient and a 96x96 colour JPEG, so both decode paths and the resize are traced."""
+    ramp = np.tile(np.linspace(0, 255, 48, dtype=np.uint8), (48, 1))
+    colour = np.stack([np.tile(np.linspace(0, 255, 96, dtype=np.uint8), (96, 1))] * 3, axis=-1)
+    encoded = []
+    for array, fmt in ((ramp, "PNG"), (colour, "JPEG")):
+        out = io.BytesIO()
+        Image.fromarray(array).save(out, format=fmt)
+        encoded.append(out.getvalue())
+    return [encoded[i % 2] for i in range(n)]
+
+
+def warmup_requests() -> list:
+    """PredictionLogs: predict_image at each of WARMUP_BATCH_SIZES, serving_default at 1."""
+    logs = []
+    for signature, batch in ([(features.PREDICT_IMAGE_SIGNATURE, n) for n in WARMUP_BATCH_SIZES]
+                             + [(features.SERVING_DEFAULT_SIGNATURE, 1)]):
+        images = _warmup_images(batch)
+        if signature == features.SERVING_DEFAULT_SIGNATURE:
+            values = [tf.train.Example(features=tf.train.Features(feature={
+                features.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))
+            })).SerializeToString() for image in images]
+            name = features.EXAMPLES_INPUT
+        else:
+            values, name = images, features.IMAGES_INPUT
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(signature_name=signature))
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(values, dtype=tf.string))
+        logs.append(prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)))
+    return logs
+
+
+def write_warmup_requests(export_dir: str) -> str:
+    path = os.path.join(export_dir, WARMUP_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for log in warmup_requests():
+            writer.write(log.SerializeToString())
+    return path

@@ -1,0 +1,143 @@
+"""Photo to emotions: find the faces in each photo and classify them, in process or on a server.
+
+    fer-pipeline predict PHOTO... (--model DIR | --server URL) [--json] [--annotate OUTDIR]
+
+`--model` is a pushed SavedModel: a version directory, or the model's base
+directory (its newest numeric version is used). `--server` is TF Serving:
+http(s)://host:8501 for REST, grpc://host:8500 (or host:8500) for gRPC.
+Per photo: the file and its faces, each with `box` [x, y, w, h], `label` and
+`probabilities`. A bad photo gets a one-line message; the exit status is
+non-zero only when no photo could be processed. Image bytes and face crops
+are never logged or printed.
+"""
+import dataclasses
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Sequence
+
+from PIL import ImageDraw
+
+from pipeline import features
+from serving import client as clients
+from serving import faces as face_lib
+
+
+class LocalModel:
+    """The SavedModel in this process (TensorFlow), with the same interface as the clients."""
+
+    def __init__(self, model_dir: str):
+        import tensorflow as tf
+
+        self._tf = tf
+        self.path = resolve_model_dir(model_dir)
+        self._predict = tf.saved_model.load(self.path).signatures[features.PREDICT_IMAGE_SIGNATURE]
+
+    def predict_images(self, images: Sequence[bytes]) -> List[clients.Prediction]:
+        if not images:
+            return []
+        out = self._predict(**{features.IMAGES_INPUT: self._tf.constant(list(images))})
+        return clients.predictions_from_outputs({k: v.numpy().tolist() for k, v in out.items()})
+
+
+def resolve_model_dir(path: str) -> str:
+    """`path` if it holds saved_model.pb, else its newest numeric version subdirectory."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    if not os.path.isdir(path):
+        raise ValueError(f"--model: no such directory: {path}")
+    versions = sorted((int(n) for n in os.listdir(path)
+                       if n.isdigit() and os.path.isfile(os.path.join(path, n, "saved_model.pb"))))
+    if not versions:
+        raise ValueError(f"--model: {path} holds no SavedModel (saved_model.pb) and no "
+                         f"numeric version directory with one")
+    return os.path.join(path, str(versions[-1]))
+
+
+def server_client(url: str, model_name: str, timeout_s: float):
+    if url.startswith(("http://", "https://")):
+        return clients.RestClient(url, model_name, timeout_s=timeout_s)
+    return clients.GrpcClient(url, model_name, timeout_s=timeout_s)
+
+
+@dataclasses.dataclass
+class PhotoResult:
+    file: str
+    faces: List[Dict] = dataclasses.field(default_factory=list)
+    error: Optional[str] = None
+    annotated: Optional[str] = None
+
+    def to_dict(self) -> Dict:
+        return dataclasses.asdict(self)
+
+
+def analyze(path: str, classifier, margin: float = face_lib.DEFAULT_MARGIN,
+            annotate_dir: Optional[str] = None) -> PhotoResult:
+    """Faces, boxes and emotions of one photo; problems become `error`, not exceptions."""
+    result = PhotoResult(path)
+    try:
+        image = face_lib.read_photo(path)
+    except face_lib.PhotoError as e:
+        result.error = str(e)
+        return result
+    boxes, crops = face_lib.faces_in(image, margin)
+    if not boxes:
+        result.error = f"{path}: no face found"
+    else:
+        predictions = classifier.predict_images(crops)
+        result.faces = [{"box": box.as_list(), **p.to_dict()} for box, p in zip(boxes, predictions)]
+    if annotate_dir:
+        result.annotated = annotate(image, result.faces, path, annotate_dir)
+    return result
+
+
+def annotate(image, faces: List[Dict], path: str, out_dir: str) -> str:
+    """A copy of the photo with each face's box and label drawn on it."""
+    os.makedirs(out_dir, exist_ok=True)
+    drawn = image.copy()
+    draw = ImageDraw.Draw(drawn)
+    width = max(2, round(max(image.size) / 300))
+    for face in faces:
+        x, y, w, h = face["box"]
+        draw.rectangle([x, y, x + w, y + h], outline=(255, 200, 0), width=width)
+        text = f"{face['label']} {face['probabilities'][face['label']]:.2f}"
+        draw.text((x + width, max(0, y - 12 - width)), text, fill=(255, 200, 0))
+    stem = os.path.splitext(os.path.basename(path))[0]
+    out = os.path.join(out_dir, f"{stem}.annotated.png")
+    drawn.save(out)
+    return out
+
+
+def format_text(results: List[PhotoResult]) -> str:
+    lines = []
+    for r in results:
+        if r.error and not r.faces:
+            lines.append(f"{r.file}: {r.error.replace(r.file + ': ', '')}")
+            continue
+        lines.append(f"{r.file}: {len(r.faces)} face(s)")
+        for face in r.faces:
+            ranked = sorted(face["probabilities"].items(), key=lambda kv: -kv[1])
+            lines.append(f"  box {face['box']}: {face['label']} ("
+                         + ", ".join(f"{k} {v:.2f}" for k, v in ranked) + ")")
+        if r.annotated:
+            lines.append(f"  annotated: {r.annotated}")
+    return "\n".join(lines)
+
+
+def run(photos: Sequence[str], classifier, as_json: bool = False,
+        annotate_dir: Optional[str] = None, margin: float = face_lib.DEFAULT_MARGIN) -> int:
+    """Prints the results; 0 unless no photo could be processed at all."""
+    results = []
+    for path in photos:
+        try:
+            results.append(analyze(path, classifier, margin, annotate_dir))
+        except clients.ServingError as e:
+            results.append(PhotoResult(path, error=f"{path}: {e}"))
+    if as_json:
+        print(json.dumps({"photos": [r.to_dict() for r in results]}, indent=1))
+    else:
+        print(format_text(results))
+    failed = [r for r in results if r.error and not r.error.endswith("no face found")]
+    for r in failed:
+        sys.stderr.write(f"fer-pipeline predict: {r.error}\n")
+    return 1 if len(failed) == len(results) else 0

@@ -1,0 +1,337 @@
+"""Serving: warm-up requests in the export, REST and gRPC clients against a server that speaks
+TF Serving's protocols with the pushed SavedModel behind it, photo-to-emotions, and the
+deployment artifacts (up to the boundary of the real server, which cannot run here)."""
+import base64
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+from google.protobuf import text_format
+from PIL import Image
+from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from components.trainer import export
+from pipeline import features
+from serving import client as clients
+from serving import faces, photos
+from tests.conftest import REPO, fer_pipeline, real_images
+from tests.tf_serving_fake import FakeTFServing
+
+SERVING = REPO / "serving"
+MODEL_NAME = "fer2013-dcnn"
+
+
+@pytest.fixture(scope="module")
+def pushed(smoke):
+    """(base directory with <version>/, version directory) of the smoke run's pushed model."""
+    output, summary, _ = smoke
+    return os.path.dirname(summary["pushed_path"]), summary["pushed_path"]
+
+
+@pytest.fixture(scope="module")
+def server(pushed):
+    fake = FakeTFServing(pushed[0], MODEL_NAME).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def local(pushed):
+    return photos.LocalModel(pushed[1])
+
+
+FACES = [real_images("test", e, 1)[0].read_bytes() for e in features.EMOTIONS]
+
+
+def both_clients(server, **kwargs):
+    return {"rest": clients.RestClient(server.rest_url, MODEL_NAME, **kwargs),
+            "grpc": clients.GrpcClient(server.grpc_target, MODEL_NAME, **kwargs)}
+
+
+# ----------------------------------------------------------------------------
+# The exported model
+# ----------------------------------------------------------------------------
+
+def test_export_carries_warmup_requests_that_the_model_answers(pushed):
+    path = os.path.join(pushed[1], export.WARMUP_FILE)
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+            for r in tf.data.TFRecordDataset(path)]
+    signatures = [log.predict_log.request.model_spec.signature_name for log in logs]
+    assert signatures == [features.PREDICT_IMAGE_SIGNATURE] * 3 + [features.SERVING_DEFAULT_SIGNATURE]
+    model = tf.saved_model.load(pushed[1])
+    sizes = []
+    for log in logs:
+        request = log.predict_log.request
+        inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+        out = model.signatures[request.model_spec.signature_name](**inputs)
+        sizes.append(out[features.PROBABILITIES_OUTPUT].shape[0])
+        assert out[features.CLASSES_OUTPUT].shape == out[features.PROBABILITIES_OUTPUT].shape
+    assert sizes == [*export.WARMUP_BATCH_SIZES, 1]
+
+
+# ----------------------------------------------------------------------------
+# REST and gRPC clients
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_client_predictions_match_the_model_in_process(protocol, server, local):
+    client = both_clients(server)[protocol]
+    assert client.model_status() == [{"version": str(server.version), "state": "AVAILABLE"}]
+    remote = client.predict_images(FACES)
+    here = local.predict_images(FACES)
+    assert [p.label for p in remote] == [p.label for p in here]
+    for a, b in zip(remote, here):
+        assert list(a.probabilities) == list(features.EMOTIONS)
+        np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()),
+                                   atol=1e-5)
+        assert a.label == max(a.probabilities, key=a.probabilities.get)
+    assert client.predict_images([]) == []
+
+
+def test_model_metadata_lists_the_pipeline_signatures_over_both_protocols(server):
+    rest = both_clients(server)["rest"].model_metadata()
+    signatures = rest["metadata"]["signature_def"]["signature_def"]
+    assert {features.PREDICT_IMAGE_SIGNATURE, features.SERVING_DEFAULT_SIGNATURE} <= set(signatures)
+    inputs = signatures[features.PREDICT_IMAGE_SIGNATURE]["inputs"]
+    assert list(inputs) == [features.IMAGES_INPUT]
+    outputs = set(signatures[features.PREDICT_IMAGE_SIGNATURE]["outputs"])
+    assert outputs == {features.PROBABILITIES_OUTPUT, features.LABEL_OUTPUT, features.CLASSES_OUTPUT}
+    answer = both_clients(server)["grpc"].model_metadata()
+    assert answer.model_spec.name == MODEL_NAME and "signature_def" in answer.metadata
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_unknown_model_and_bad_payload_give_clear_errors_without_retrying(protocol, server):
+    if protocol == "rest":
+        missing = clients.RestClient(server.rest_url, "no-such-model")
+    else:
+        missing = clients.GrpcClient(server.grpc_target, "no-such-model")
+    with pytest.raises(clients.ModelNotFound, match="no-such-model"):
+        missing.predict_images(FACES[:1])
+    before = len(server.requests)
+    with pytest.raises(clients.BadRequest) as error:
+        both_clients(server)[protocol].predict_images([b"this is not an image"])
+    assert len(server.requests) == before + 1  # a client error is not retried
+    assert "this is not an image" not in str(error.value)  # no payload echoed into errors
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_transient_failures_are_retried_then_reported(protocol, server):
+    client = both_clients(server, retries=2, backoff_s=0.01)[protocol]
+    server.fail_next(2)
+    before = len(server.requests)
+    assert len(client.predict_images(FACES[:2])) == 2
+    assert len(server.requests) == before + 3
+    server.fail_next(5)
+    with pytest.raises(clients.Unavailable, match="3 attempts"):
+        client.predict_images(FACES[:1])
+    server.fail_next(0)
+
+
+def test_a_non_transient_server_error_is_not_retried(server):
+    rest = clients.RestClient(server.rest_url, MODEL_NAME, backoff_s=0.01)
+    server.fail_next(1, http_status=500, grpc_code=grpc.StatusCode.INTERNAL)
+    before = len(server.requests)
+    with pytest.raises(clients.ServerError, match="HTTP 500"):
+        rest.predict_images(FACES[:1])
+    assert len(server.requests) == before + 1
+    server.fail_next(1, http_status=500, grpc_code=grpc.StatusCode.INTERNAL)
+    with pytest.raises(clients.ServerError, match="INTERNAL"):
+        clients.GrpcClient(server.grpc_target, MODEL_NAME).predict_images(FACES[:1])
+
+
+def test_unreachable_server_is_unavailable_after_retries():
+    with pytest.raises(clients.Unavailable, match="2 attempts"):
+        clients.RestClient("http://127.0.0.1:9", MODEL_NAME, retries=1, backoff_s=0.01,
+                           timeout_s=2).model_status()
+    with pytest.raises(clients.Unavailable):
+        clients.GrpcClient("127.0.0.1:9", MODEL_NAME, retries=1, backoff_s=0.01,
+                           timeout_s=2).model_status()
+    with pytest.raises(ValueError, match="http://"):
+        clients.RestClient("localhost:8501", MODEL_NAME)
+
+
+def test_rest_protocol_details_b64_batches_columnar_and_error_bodies(server):
+    url = f"{server.rest_url}/v1/models/{MODEL_NAME}:predict"
+
+    def post(body):
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+        try:
+            with urllib.request.urlopen(request) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    b64 = [{"b64": base64.b64encode(face).decode()} for face in FACES[:3]]
+    code, rows = post({"signature_name": "predict_image", "instances": b64})
+    assert code == 200 and len(rows["predictions"]) == 3
+    code, columns = post({"signature_name": "predict_image", "inputs": {"images": b64}})
+    assert code == 200 and np.allclose(columns["outputs"]["probabilities"],
+                                       [r["probabilities"] for r in rows["predictions"]])
+    code, body = post({"signature_name": "nope", "instances": b64})
+    assert code == 400 and "nope" in body["error"]
+    code, body = post({"signature_name": "predict_image"})
+    assert code == 400 and "instances" in body["error"]
+
+
+# ----------------------------------------------------------------------------
+# Photos
+# ----------------------------------------------------------------------------
+
+PLACES = [(60, 60), (380, 220)]
+
+
+def compose_photo(path, emotions=("happy", "fear"), size=(640, 480)):
+    """A 640x480 colour photo with real FER2013 faces (upscaled to 140 px) at PLACES."""
+    canvas = Image.new("RGB", size, (96, 112, 128))
+    for (x, y), emotion in zip(PLACES, emotions):
+        face = Image.open(real_images("test", emotion, 1)[0]).convert("RGB")
+        canvas.paste(face.resize((140, 140), Image.Resampling.BICUBIC), (x, y))
+    canvas.save(path)
+    return path
+
+
+def iou(a, b):
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    h = max(0, min(ay + ah, by + bh) - max(ay, by))
+    return w * h / (aw * ah + bw * bh - w * h)
+
+
+def test_faces_are_found_where_they_were_placed(tmp_path):
+    image = faces.read_photo(str(compose_photo(tmp_path / "two.jpg")))
+    boxes = faces.detect_faces(image)
+    assert len(boxes) == 2
+    for x, y in PLACES:
+        assert max(iou(b.as_list(), [x, y, 140, 140]) for b in boxes) > 0.5
+    crop = Image.open(io.BytesIO(faces.crop(image, boxes[0], margin=0.2)))
+    assert crop.mode == "L" and crop.size[0] == pytest.approx(boxes[0].w * 1.4, abs=2)
+
+
+def test_predict_command_in_process_with_json_and_annotations(tmp_path, pushed, local):
+    photo = compose_photo(tmp_path / "two.jpg")
+    blank = tmp_path / "wall.png"
+    Image.new("RGB", (320, 240), (200, 200, 200)).save(blank)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    done = fer_pipeline("predict", str(photo), str(blank), str(broken), str(tmp_path / "missing.png"),
+                        "--model", pushed[0], "--json", "--annotate", str(tmp_path / "annotated"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = {os.path.basename(p["file"]): p for p in json.loads(done.stdout)["photos"]}
+    faces_found = result["two.jpg"]["faces"]
+    assert len(faces_found) == 2 and result["two.jpg"]["error"] is None
+    for face in faces_found:
+        assert len(face["box"]) == 4 and face["label"] in features.EMOTIONS
+        assert set(face["probabilities"]) == set(features.EMOTIONS)
+        assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert os.path.isfile(result["two.jpg"]["annotated"])
+    assert result["wall.png"]["faces"] == [] and "no face found" in result["wall.png"]["error"]
+    assert "cannot be decoded" in result["broken.jpg"]["error"] or "not an image" in result["broken.jpg"]["error"]
+    assert "cannot read" in result["missing.png"]["error"]
+    errors = done.stderr.strip().splitlines()
+    assert len(errors) == 2 and all("broken.jpg" in e or "missing.png" in e for e in errors)
+    # The same crops classified in process give the same answer as the command.
+    image = faces.read_photo(str(photo))
+    boxes, crops = faces.faces_in(image)
+    assert [p.label for p in local.predict_images(crops)] == [f["label"] for f in faces_found]
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_photos_through_the_server_match_in_process(protocol, tmp_path, server, local, capsys):
+    photo = str(compose_photo(tmp_path / "two.png", emotions=("sad", "angry")))
+    client = both_clients(server)[protocol]
+    assert photos.run([photo], client, as_json=True) == 0
+    remote = json.loads(capsys.readouterr().out)["photos"][0]["faces"]
+    assert photos.run([photo], local, as_json=True) == 0
+    here = json.loads(capsys.readouterr().out)["photos"][0]["faces"]
+    assert [(f["box"], f["label"]) for f in remote] == [(f["box"], f["label"]) for f in here]
+
+
+def test_nothing_done_exits_1_and_a_huge_image_is_refused(tmp_path, local, capsys, monkeypatch):
+    huge = tmp_path / "huge.png"
+    Image.new("L", (8000, 7000)).save(huge)  # 56 megapixels, a few kB on disk
+    assert photos.run([str(huge), str(tmp_path / "nope.jpg")], local) == 1
+    captured = capsys.readouterr()
+    assert "too large (8000x7000 = 56 megapixels; at most 50)" in captured.out
+    assert "nope.jpg" in captured.err
+
+
+def test_no_image_bytes_or_crops_reach_the_logs(tmp_path, server, caplog, capsys):
+    photo = compose_photo(tmp_path / "two.jpg")
+    crops = faces.faces_in(faces.read_photo(str(photo)))[1]
+    server.fail_next(10)
+    caplog.set_level(logging.DEBUG)
+    client = clients.RestClient(server.rest_url, MODEL_NAME, retries=1, backoff_s=0.01)
+    assert photos.run([str(photo)], client) == 1
+    server.fail_next(0)
+    captured = capsys.readouterr()
+    text = captured.out + captured.err + caplog.text
+    assert "two.jpg" in text and "Injected failure" in text
+    for crop in crops:
+        assert base64.b64encode(crop).decode()[:40] not in text
+    assert base64.b64encode(photo.read_bytes()).decode()[:40] not in text
+
+
+# ----------------------------------------------------------------------------
+# Deployment artifacts (the real tensorflow_model_server cannot run here)
+# ----------------------------------------------------------------------------
+
+def _flags(args):
+    return dict(a[2:].split("=", 1) for a in args if a.startswith("--"))
+
+
+def test_model_config_parses_with_tf_servings_own_proto_and_names_the_pushed_model():
+    for path in (SERVING / "config" / "models.config", SERVING / "k8s" / "models.config"):
+        config = text_format.Parse(path.read_text(), model_server_config_pb2.ModelServerConfig())
+        [model] = config.model_config_list.config
+        assert model.name == MODEL_NAME and model.base_path.endswith("/" + MODEL_NAME)
+        assert model.model_platform == "tensorflow"
+        assert model.model_version_policy.latest.num_versions == 2
+
+
+def test_compose_and_kubernetes_run_the_same_server_flags_on_existing_files():
+    compose = yaml.safe_load((SERVING / "docker-compose.yml").read_text())
+    service = compose["services"]["tf-serving"]
+    assert service["image"] == "tensorflow/serving:2.16.1"
+    flags = _flags(service["command"])
+    for key in ("model_config_file", "batching_parameters_file", "monitoring_config_file"):
+        assert (SERVING / "config" / os.path.basename(flags[key])).is_file()
+    deployment = yaml.safe_load((SERVING / "k8s" / "deployment.yaml").read_text())
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == service["image"] and _flags(container["args"]) == flags
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == f"/v1/models/{MODEL_NAME}"
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    kustomization = yaml.safe_load((SERVING / "kustomization.yaml").read_text())
+    for entry in kustomization["configMapGenerator"][0]["files"]:
+        assert (SERVING / entry.split("=")[-1]).is_file()
+    for resource in kustomization["resources"]:
+        assert (SERVING / resource).is_file()
+    prometheus = yaml.safe_load((SERVING / "prometheus.yml").read_text())
+    monitoring = (SERVING / "config" / "monitoring.config").read_text()
+    assert prometheus["scrape_configs"][0]["metrics_path"] in monitoring
+    batching = (SERVING / "config" / "batching.config").read_text()
+    assert "max_batch_size { value: 64 }" in batching
+
+
+def _docker_runs() -> bool:
+    return shutil.which("docker") is not None and subprocess.run(
+        ["docker", "info"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(_docker_runs(), reason="a Docker daemon runs here")
+def test_start_script_explains_that_docker_is_missing():
+    done = subprocess.run(["bash", str(SERVING / "start.sh")], capture_output=True, text=True)
+    assert done.returncode == 3 and "Docker is not available" in done.stderr
