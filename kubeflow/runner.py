@@ -82,6 +82,8 @@ class KubeflowConfig:
     min_accuracy: Optional[float] = None
     pipeline_name: str = ""
     baseline_data: str = ""   # the previous span (same layout and splits): drift baseline
+    annotations: str = ""     # CSV keyed by image_id on object storage ...
+    annotation_columns: Tuple[str, ...] = ()  # ... and its columns (not read at compile time)
     validation: ValidationConfig = ValidationConfig()
     imbalance: Optional[str] = None
     schema_file: str = IMAGE_SCHEMA_FILE
@@ -111,6 +113,7 @@ def load_config(path: str = DEFAULT_CONFIG, **overrides: Any) -> KubeflowConfig:
     values["classes"] = features.validate_classes(values.get("classes") or features.EMOTIONS)
     values["splits"] = tuple(values.get("splits") or ("train", "eval"))
     values["beam_pipeline_args"] = tuple(values.get("beam_pipeline_args") or ())
+    values["annotation_columns"] = tuple(values.get("annotation_columns") or ())
     values["trainer_gpu"] = GpuConfig.from_dict(values.get("trainer_gpu"))
     try:
         values["validation"] = ValidationConfig.from_dict(values.get("validation") or {})
@@ -121,6 +124,11 @@ def load_config(path: str = DEFAULT_CONFIG, **overrides: Any) -> KubeflowConfig:
         _require_remote(key, getattr(config, key))
     if config.baseline_data:
         _require_remote("baseline_data", config.baseline_data)
+    if bool(config.annotations) != bool(config.annotation_columns):
+        raise ConfigError("annotations and annotation_columns go together: name the CSV and "
+                          "its columns (besides image_id)")
+    if config.annotations:
+        _require_remote("annotations", config.annotations)
     if config.imbalance is not None and config.imbalance not in IMBALANCE_STRATEGIES:
         raise ConfigError(f"imbalance must be one of {', '.join(IMBALANCE_STRATEGIES)}")
     if config.profile not in PROFILES:
@@ -146,7 +154,9 @@ def build(config: KubeflowConfig) -> tfx.dsl.Pipeline:
         source=source,
         baseline_source=baseline,
         ingest=IngestConfig(layout=config.layout, classes=config.classes,
-                            sample_per_class=profile.sample_per_class),
+                            sample_per_class=profile.sample_per_class,
+                            annotations=config.annotations,
+                            annotation_columns=config.annotation_columns),
         schema_file=config.schema_file,
         training=training,
         gates=profile.evaluation,

@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="orchestrator: TFX LocalDagRunner or BeamDagRunner")
         q.add_argument("--classes", default="",
                        help="comma-separated emotions to train on (default: all seven)")
+        q.add_argument("--annotations", metavar="CSV",
+                       help="per-image attributes keyed by image_id (e.g. gender, age_group): "
+                            "joined at ingestion, the Evaluator slices by every column")
         q.add_argument("--validation-config",
                        help="YAML or JSON file overriding data-validation thresholds and actions "
                             "(keys of pipeline.config.ValidationConfig)")
@@ -147,6 +150,7 @@ def _settings(args: argparse.Namespace):
     return run.RunSettings(
         data=args.data, output=args.output, profile=args.profile, runner=args.runner,
         classes=classes, validation=_validation_config(args.validation_config),
+        annotations=args.annotations,
         direct_mode=args.direct_mode, workers=args.workers, enable_cache=not args.no_cache,
         validate_only=validate_only,
         **({} if validate_only else dict(model=args.model, epochs=args.epochs,

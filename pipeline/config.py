@@ -38,10 +38,14 @@ class IngestConfig(_DictMixin):
     classes: emotions to keep; records of other emotions are excluded and counted.
     sample_per_class: per split, keep at most this many records of each class
       (a deterministic, stratified sample); 0 keeps everything.
+    annotations, annotation_columns: a CSV keyed by image_id whose other columns
+      (e.g. gender, age_group) become string features of every example.
     """
     layout: str
     classes: Tuple[str, ...] = features.EMOTIONS
     sample_per_class: Tuple[Tuple[str, int], ...] = ()
+    annotations: str = ""                       # CSV keyed by image_id, joined at ingestion
+    annotation_columns: Tuple[str, ...] = ()    # its columns (besides image_id)
 
     def __post_init__(self):
         if self.layout not in ("folder", "csv", "zip"):

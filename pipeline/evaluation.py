@@ -9,11 +9,22 @@ from pipeline.config import EvaluationConfig
 ACCURACY = "sparse_categorical_accuracy"
 OVERALL = tfma.SlicingSpec()
 BY_EMOTION = tfma.SlicingSpec(feature_keys=[features.LABEL_NAME_KEY])
+# Proxy slices computed from the image: NOT demographics (say so wherever they are shown).
+PROXY_SLICE_KEYS = (features.BRIGHTNESS_BAND_KEY, features.CONTRAST_BAND_KEY)
 
 
-def make_eval_config(classes: Sequence[str], gates: EvaluationConfig) -> tfma.EvalConfig:
+def slicing_specs(annotation_columns: Sequence[str] = ()) -> list:
+    """Overall, per emotion, per proxy band, and per annotation column."""
+    return [OVERALL, BY_EMOTION] + [
+        tfma.SlicingSpec(feature_keys=[key])
+        for key in (*PROXY_SLICE_KEYS, *annotation_columns)]
+
+
+def make_eval_config(classes: Sequence[str], gates: EvaluationConfig,
+                     annotation_columns: Sequence[str] = ()) -> tfma.EvalConfig:
     """Accuracy, per-class precision/recall/F1 (binarized by class id) with their macro
-    average, and the confusion matrix, overall and per emotion.
+    average, and the confusion matrix, overall, per emotion, per brightness and
+    contrast band (image proxies, not demographics) and per annotation column.
 
     Blessing: overall accuracy >= gates.min_accuracy, and no drop of more than
     gates.max_regression against the latest blessed model. Both thresholds
@@ -34,7 +45,7 @@ def make_eval_config(classes: Sequence[str], gates: EvaluationConfig) -> tfma.Ev
             preprocessing_function_names=[features.TRANSFORM_FEATURES_SIGNATURE],
             label_key=features.CLASS_ID_KEY,
             prediction_key=features.PROBABILITIES_OUTPUT)],
-        slicing_specs=[OVERALL, BY_EMOTION],
+        slicing_specs=slicing_specs(annotation_columns),
         metrics_specs=[
             tfma.MetricsSpec(metrics=[
                 tfma.MetricConfig(class_name="ExampleCount"),

@@ -29,6 +29,19 @@ SOURCE_SPLIT_KEY = "source_split"  # FER2013 Usage the record came from
 IMAGE_ID_KEY = "image_id"        # stable id: file stem, or <Usage>_<row> for CSV rows
 BRIGHTNESS_KEY = "brightness"    # mean pixel value / 255, computed once at ingestion
 CONTRAST_KEY = "contrast"        # standard deviation of the pixels / 255, likewise
+# Proxy slices from the image itself (NOT demographics): brightness and contrast
+# bands, cut at the tertiles of the FER2013 train split (0.45/0.56 and 0.19/0.23).
+BRIGHTNESS_BAND_KEY = "brightness_band"   # dark | medium | bright
+CONTRAST_BAND_KEY = "contrast_band"       # low | medium | high
+BRIGHTNESS_BANDS = ((0.45, "dark"), (0.56, "medium"), (float("inf"), "bright"))
+CONTRAST_BANDS = ((0.19, "low"), (0.23, "medium"), (float("inf"), "high"))
+RAW_FEATURE_KEYS = ("image", "label", "label_name", "source_split", "image_id", BRIGHTNESS_KEY,
+                    CONTRAST_KEY, BRIGHTNESS_BAND_KEY, CONTRAST_BAND_KEY)
+
+
+def band(value: float, bands) -> str:
+    """The name of the first band whose upper bound exceeds `value`."""
+    return next(name for upper, name in bands if value < upper)
 
 # Transformed features written by Transform.
 PIXELS_KEY = "pixels"            # float32 [48, 48, 1] in [0, 1]

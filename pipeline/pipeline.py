@@ -53,7 +53,8 @@ def create_pipeline(
     # Per-split statistics of the raw examples (TFDV).
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     # The curated schema checked into the repository, label domain = the configured classes.
-    schema_gen = CuratedSchemaGen(schema_file=schema_file, classes=classes)
+    schema_gen = CuratedSchemaGen(schema_file=schema_file, classes=classes,
+                                  annotation_columns=",".join(ingest.annotation_columns))
     # Anomalies of every split's statistics against the curated schema.
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
@@ -131,7 +132,7 @@ def create_pipeline(
             model=trainer.outputs["model"],
             baseline_model=baseline.outputs["model"],
             example_splits=["eval"],
-            eval_config=make_eval_config(training.classes, gates))
+            eval_config=make_eval_config(training.classes, gates, ingest.annotation_columns))
         # Copies a blessed model into TF Serving's <base>/<version>/ layout.
         pusher = tfx.components.Pusher(
             model=trainer.outputs["model"],

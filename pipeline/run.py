@@ -19,7 +19,7 @@ from typing import Dict, Optional, Tuple
 
 from tfx import v1 as tfx
 
-from components.example_gen import fer2013
+from components.example_gen import annotations, fer2013
 from pipeline import features, summary
 from pipeline.config import IngestConfig, ValidationConfig, profile_configs, serving_model_name
 from pipeline.pipeline import create_pipeline
@@ -45,6 +45,7 @@ class RunSettings:
     epochs: Optional[int] = None
     min_accuracy: Optional[float] = None
     imbalance: Optional[str] = None    # override the trainer's response to class imbalance
+    annotations: Optional[str] = None  # CSV keyed by image_id: slices for the Evaluator
     validation: ValidationConfig = ValidationConfig()
     direct_mode: Optional[str] = None  # default: in_memory for local, multi_processing for beam
     workers: int = 0                   # Beam DirectRunner workers; 0 = one per CPU
@@ -80,13 +81,18 @@ def build(settings: RunSettings, spans: fer2013.Spans) -> tfx.dsl.Pipeline:
     if settings.imbalance:
         training = dataclasses.replace(training, imbalance=settings.imbalance)
     where = paths(settings.output, settings.model_name)
+    annotation_settings = {}
+    if settings.annotations:
+        columns, _ = annotations.read(settings.annotations)  # validates the whole file now
+        annotation_settings = dict(annotations=os.path.abspath(settings.annotations),
+                                   annotation_columns=columns)
     return create_pipeline(
         pipeline_name=settings.model_name,
         pipeline_root=where["pipeline_root"],
         source=spans.current,
         baseline_source=spans.previous,
         ingest=IngestConfig(layout=spans.current.layout, classes=settings.classes,
-                            sample_per_class=profile.sample_per_class),
+                            sample_per_class=profile.sample_per_class, **annotation_settings),
         schema_file=SCHEMA_FILE,
         training=training,
         gates=profile.evaluation,

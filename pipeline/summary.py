@@ -18,7 +18,8 @@ from tfx import v1 as tfx
 
 from components.data_validation import report as data_report
 from components.example_gen import report as ingestion_report
-from pipeline.evaluation import ACCURACY
+from pipeline import features
+from pipeline.evaluation import ACCURACY, PROXY_SLICE_KEYS
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_TXT = "summary.txt"
@@ -236,6 +237,7 @@ def format_text(result: Dict) -> str:
     if head:
         lines.append("Evaluation on eval: " + ", ".join(
             f"{k} {v:.0f}" if k == "example_count" else f"{k} {v:.4f}" for k, v in head.items()))
+    lines += _slice_lines(result)
     model_validation = result.get("evaluation", {}).get("validation", {})
     if result.get("validate_only"):
         pass  # nothing was meant to be trained
@@ -252,6 +254,20 @@ def format_text(result: Dict) -> str:
     if result.get("reports_dir"):
         lines.append(f"Reports: {result['reports_dir']}")
     return "\n".join(lines)
+
+
+def _slice_lines(result: Dict) -> List[str]:
+    """Accuracy and example count per slice, one line per slicing feature."""
+    families = collections.defaultdict(list)
+    for name, values in result.get("evaluation", {}).get("metrics", {}).items():
+        if "=" in name and ACCURACY in values:
+            feature, value = name.split("=", 1)
+            families[feature].append(f"{value} {values[ACCURACY]:.3f} "
+                                     f"(n={values.get('example_count', 0):.0f})")
+    kinds = {features.LABEL_NAME_KEY: "emotion",
+             **{k: "image proxy, not a demographic" for k in PROXY_SLICE_KEYS}}
+    return [f"  by {feature} ({kinds.get(feature, 'annotation')}): " + ", ".join(sorted(parts))
+            for feature, parts in families.items()]
 
 
 def write_reports(result: Dict, reports_dir: str) -> None:

@@ -161,3 +161,25 @@ def test_classes_exclude_and_sample_is_stratified_and_deterministic(tmp_path):
 def test_unusable_data_paths_raise_a_clear_error(tmp_path, make, message):
     with pytest.raises(fer2013.DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
         fer2013.detect_source(str(make(tmp_path)))
+
+
+def test_repeated_file_names_get_unique_image_ids(tmp_path):
+    root = tmp_path / "data"
+    for folder in ("neutral", "surprise"):
+        (root / "train" / folder).mkdir(parents=True)
+        (root / "train" / folder / "Training_1.png").write_bytes(
+            encode(np.full((48, 48), 100 if folder == "neutral" else 200, np.uint8), "PNG"))
+    (root / "train" / "happy").mkdir()
+    (root / "train" / "happy" / "Training_2.png").write_bytes(encode(np.zeros((48, 48), np.uint8), "PNG"))
+    (root / "test" / "happy").mkdir(parents=True)
+    (root / "test" / "happy" / "PublicTest_1.png").write_bytes(encode(np.zeros((48, 48), np.uint8), "PNG"))
+    refs = fer2013.enumerate_split(str(root), "folder", "train", features.EMOTIONS)
+    assert sorted(r.image_id for r in refs) == ["Training_1-neutral", "Training_1-surprise", "Training_2"]
+
+
+def test_the_real_kaggle_folder_has_two_repeated_file_names_made_unique(fer2013_root):
+    refs = fer2013.enumerate_split(str(fer2013_root), "folder", "train", features.EMOTIONS)
+    ids = [r.image_id for r in refs]
+    assert len(ids) == len(set(ids)) == 28709
+    assert {"Training_52789098-neutral", "Training_52789098-surprise",
+            "Training_8475486-angry", "Training_8475486-surprise"} <= set(ids)

@@ -125,3 +125,17 @@ def test_dockerfile_installs_every_package_where_the_runner_expects_it():
     for package in ("pipeline", "components", "serving", "kubeflow"):
         assert re.search(rf"^COPY {package} \./{package}$", dockerfile, re.M), package
     assert (REPO / runner.IMAGE_SCHEMA_FILE[len(runner.IMAGE_WORKDIR) + 1:]).is_file()
+
+
+def test_annotations_reach_ingestion_schema_and_slices(tmp_path):
+    _, spec, _ = compiled(tmp_path, annotations="gs://your-bucket/fer2013/annotations.csv",
+                          annotation_columns=["gender", "age_group"])
+    ingest = json.loads(task_parameter(spec, "Fer2013ExampleGen", "ingest_config"))
+    assert (ingest["annotations"], ingest["annotation_columns"]) == (
+        "gs://your-bucket/fer2013/annotations.csv", ["gender", "age_group"])
+    assert task_parameter(spec, "CuratedSchemaGen", "annotation_columns") == "gender,age_group"
+    eval_config = json.loads(task_parameter(spec, "Evaluator", "eval_config"))
+    keys = [s.get("featureKeys", s.get("feature_keys", [])) for s in eval_config["slicing_specs"]]
+    assert ["gender"] in keys and ["age_group"] in keys and ["brightness_band"] in keys
+    with pytest.raises(runner.ConfigError, match="go together"):
+        runner.load_config(runner.DEFAULT_CONFIG, annotations="gs://b/a.csv")

@@ -14,7 +14,7 @@ from components.example_gen.fer2013 import make_example
 from components.trainer.run import run_fn
 from pipeline import cli, features
 from pipeline.config import profile_configs
-from tests.conftest import encode, real_images, run_smoke
+from tests.conftest import SMOKE_ANNOTATIONS, encode, real_images, run_smoke
 
 NODES = ("Fer2013ExampleGen", "StatisticsGen", "CuratedSchemaGen", "ExampleValidator",
          "SkewValidator", "DataValidationGate", "Transform", "Trainer",
@@ -31,7 +31,15 @@ def test_smoke_run_executes_every_component_and_pushes(smoke):
     assert splits["train"]["quarantined"] == 0
     assert summary["evaluation"]["metrics"]["overall"]["example_count"] == 140
     assert set(summary["evaluation"]["metrics"]) == {"overall"} | {
-        f"label_name={e}" for e in features.EMOTIONS}
+        f"label_name={e}" for e in features.EMOTIONS} | {
+        f"brightness_band={b}" for _, b in features.BRIGHTNESS_BANDS} | {
+        f"contrast_band={c}" for _, c in features.CONTRAST_BANDS} | {
+        f"gender={g}" for g in ("female", "male", "unannotated")}
+    by_gender = sum(summary["evaluation"]["metrics"][f"gender={g}"]["example_count"]
+                    for g in ("female", "male", "unannotated"))
+    assert by_gender == 140
+    assert "by brightness_band (image proxy, not a demographic):" in stdout
+    assert "by gender (annotation):" in stdout
     assert summary["blessed"] and summary["pushed"]
     versions = glob.glob(os.path.join(output, "serving", "fer2013-dcnn", "*", "saved_model.pb"))
     assert len(versions) == 1 and summary["pushed_path"] == os.path.dirname(versions[0])
@@ -54,7 +62,8 @@ def test_smoke_run_executes_every_component_and_pushes(smoke):
 
 def test_impossible_accuracy_threshold_blocks_the_push(smoke, fer2013_root):
     output, _, _ = smoke
-    summary, stdout = run_smoke(fer2013_root, output, "--min-accuracy", "1.01")
+    summary, stdout = run_smoke(fer2013_root, output, "--min-accuracy", "1.01", "--annotations",
+                                str(output.parent / SMOKE_ANNOTATIONS))
     assert summary["components"]["Trainer"]["state"] == "CACHED"
     assert summary["components"]["Evaluator"]["state"] == "COMPLETE"
     assert not summary["blessed"] and not summary["pushed"]

@@ -28,7 +28,8 @@ def row(image: bytes, emotion: str, image_id: str):
     return {features.IMAGE_KEY: [image], features.LABEL_KEY: [features.EMOTIONS.index(emotion)],
             features.LABEL_NAME_KEY: [emotion.encode()], features.SOURCE_SPLIT_KEY: [b"Training"],
             features.IMAGE_ID_KEY: [image_id.encode()], features.BRIGHTNESS_KEY: [0.5],
-            features.CONTRAST_KEY: [0.2]}
+            features.CONTRAST_KEY: [0.2], features.BRIGHTNESS_BAND_KEY: [b"medium"],
+            features.CONTRAST_BAND_KEY: [b"medium"]}
 
 
 def test_real_jpegs_are_decoded_exactly_and_labels_follow_classes(tmp_path):

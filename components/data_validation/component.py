@@ -10,7 +10,7 @@ TFX's DistributionValidator, and the gate that decides whether training may go o
                        after it only when `blocked` is 0 (a `tfx.dsl.Cond`).
 """
 import json
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import path_pb2, schema_pb2
@@ -37,8 +37,10 @@ class DataValidationReport(types.Artifact):
     TYPE_NAME = "fer2013.DataValidationReport"  # <namespace>.<Name>, as KFP v2 requires
 
 
-def curated_schema(schema_file: str, classes: List[str]) -> schema_pb2.Schema:
-    """The checked-in schema with the emotion domain narrowed to `classes`."""
+def curated_schema(schema_file: str, classes: List[str],
+                   annotation_columns: Sequence[str] = ()) -> schema_pb2.Schema:
+    """The checked-in schema with the emotion domain narrowed to `classes`, plus one
+    required string feature per annotation column."""
     schema = tfdv.load_schema_text(schema_file)
     domain = next((d for d in schema.string_domain if d.name == LABEL_DOMAIN), None)
     if domain is None:
@@ -48,15 +50,23 @@ def curated_schema(schema_file: str, classes: List[str]) -> schema_pb2.Schema:
         raise ValueError(f"{schema_file}: classes {sorted(unknown)} are not in its label domain")
     del domain.value[:]
     domain.value.extend(classes)
+    for name in annotation_columns:
+        feature = schema.feature.add(name=name, type=schema_pb2.BYTES)
+        feature.presence.min_fraction = 1.0
+        feature.shape.dim.add(size=1)
     return schema
 
 
 @component
 def CuratedSchemaGen(schema: OutputArtifact[standard_artifacts.Schema],
-                     schema_file: Parameter[str], classes: Parameter[str]) -> None:
-    """Writes the curated schema for the configured classes (comma-separated)."""
-    io_utils.write_pbtxt_file(f"{schema.uri}/{SCHEMA_FILE_NAME}",
-                              curated_schema(schema_file, classes.split(",")))
+                     schema_file: Parameter[str], classes: Parameter[str],
+                     annotation_columns: Parameter[str] = "") -> None:
+    """Writes the curated schema for the configured classes and annotation columns
+    (both comma-separated)."""
+    io_utils.write_pbtxt_file(
+        f"{schema.uri}/{SCHEMA_FILE_NAME}",
+        curated_schema(schema_file, classes.split(","),
+                       [c for c in annotation_columns.split(",") if c]))
 
 
 def distribution_config(label_linf: float, brightness_js: float, contrast_js: float

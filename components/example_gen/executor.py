@@ -35,7 +35,8 @@ def _ReadSplit(pipeline: beam.Pipeline, source_path: str, split: str,
                 lambda s: fer2013.enumerate_split(source_path, ingest.layout, s, ingest.classes,
                                                   ingest.sample_size(s)))
             | "Reshuffle" >> beam.Reshuffle()
-            | "ReadAndValidate" >> beam.Map(fer2013.to_outcome, ingest.classes))
+            | "ReadAndValidate" >> beam.Map(fer2013.to_outcome, ingest.classes, ingest.annotations,
+                                            ingest.annotation_columns))
 
 
 @beam.ptransform_fn

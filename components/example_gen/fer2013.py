@@ -21,6 +21,7 @@ Nothing is dropped without a status; the ExampleGen counts and reports them all.
 
 No Beam here: the ExampleGen executor maps these functions over records.
 """
+import collections
 import csv
 import dataclasses
 import functools
@@ -30,12 +31,13 @@ import os
 import posixpath
 import re
 import zipfile
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
+from components.example_gen import annotations as annotation_lib
 from pipeline import features
 
 OK, CONVERTED, QUARANTINED, EXCLUDED, SAMPLED_OUT = (
@@ -333,7 +335,30 @@ def enumerate_split(source_path: str, layout: str, split: str,
         refs = list(_zip_refs(source_path, split))
     else:
         raise ValueError(f"unknown layout {layout!r}")
+    refs = unique_ids(refs)
     return _sample(refs, classes, sample_per_class) if sample_per_class else refs
+
+
+def unique_ids(refs: List[RecordRef]) -> List[RecordRef]:
+    """Makes image_id unique within a split. File names are not: the Kaggle folder has
+    Training_52789098.jpg in both neutral/ and surprise/ (different faces), and
+    Training_8475486.jpg in angry/ and surprise/. Every record of a repeated id gets
+    '-<emotion folder or code>' appended (and '-<n>' if that still repeats)."""
+    counts = collections.Counter(r.image_id for r in refs)
+    if all(n == 1 for n in counts.values()):
+        return refs
+    seen: Dict[str, int] = collections.Counter()
+    out = []
+    for ref in refs:
+        if counts[ref.image_id] == 1:
+            out.append(ref)
+            continue
+        new_id = f"{ref.image_id}-{ref.raw_label or 'unlabelled'}"
+        seen[new_id] += 1
+        if seen[new_id] > 1:
+            new_id = f"{new_id}-{seen[new_id]}"
+        out.append(dataclasses.replace(ref, image_id=new_id))
+    return out
 
 
 def _emotion(raw: str) -> Optional[str]:
@@ -453,8 +478,10 @@ def _sample(refs: List[RecordRef], classes: Sequence[str], per_class: int) -> Li
 # Reading and validating one record
 # ----------------------------------------------------------------------------
 
-def to_outcome(ref: RecordRef, classes: Sequence[str]) -> Outcome:
-    """Reads, validates and (if usable) encodes one record as a tf.Example."""
+def to_outcome(ref: RecordRef, classes: Sequence[str], annotations_path: str = "",
+               annotation_columns: Tuple[str, ...] = ()) -> Outcome:
+    """Reads, validates and (if usable) encodes one record as a tf.Example, with the
+    record's annotations (see `annotations.py`) when an annotations file is given."""
     label = ref.label_name or ""
 
     def result(status: str, reason: str = "", example: Optional[bytes] = None) -> Outcome:
@@ -477,7 +504,8 @@ def to_outcome(ref: RecordRef, classes: Sequence[str]) -> Outcome:
             encoded, pixels, note = _checked_image(_read_bytes(ref.location))
     except _BadRecord as e:
         return result(QUARANTINED, str(e))
-    example = make_example(encoded, ref.label_name, ref.usage, ref.image_id, pixels)
+    extra = annotation_lib.values_for(annotations_path, annotation_columns, ref.image_id)
+    example = make_example(encoded, ref.label_name, ref.usage, ref.image_id, pixels, extra)
     return result(CONVERTED if note else OK, note, example)
 
 
@@ -555,9 +583,10 @@ def image_statistics(pixels: np.ndarray) -> Tuple[float, float]:
 
 
 def make_example(encoded: bytes, label_name: str, usage: str, image_id: str,
-                 pixels: np.ndarray) -> bytes:
+                 pixels: np.ndarray, annotations: Optional[Mapping[str, str]] = None) -> bytes:
     """A serialized tf.Example with the raw features the pipeline expects; `pixels`
-    (the decoded image) gives the per-image statistics that drift checks compare."""
+    (the decoded image) gives the per-image statistics that drift checks compare and
+    the proxy bands the Evaluator slices by; `annotations` adds string features."""
     def bytes_feature(value: bytes) -> tf.train.Feature:
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
@@ -575,4 +604,9 @@ def make_example(encoded: bytes, label_name: str, usage: str, image_id: str,
         features.IMAGE_ID_KEY: bytes_feature(image_id.encode()),
         features.BRIGHTNESS_KEY: float_feature(brightness),
         features.CONTRAST_KEY: float_feature(contrast),
+        features.BRIGHTNESS_BAND_KEY: bytes_feature(
+            features.band(brightness, features.BRIGHTNESS_BANDS).encode()),
+        features.CONTRAST_BAND_KEY: bytes_feature(
+            features.band(contrast, features.CONTRAST_BANDS).encode()),
+        **{name: bytes_feature(value.encode()) for name, value in (annotations or {}).items()},
     })).SerializeToString()
