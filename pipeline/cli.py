@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
     p.add_argument("--min-accuracy", type=float,
                    help="override the profile's blessing threshold on eval accuracy")
+    p.add_argument("--fairness-max-gap", type=float,
+                   help="override the fairness gate: how far below overall accuracy an annotation "
+                        "slice may be (default 0.10; smoke profile 1.0)")
     p.add_argument("--imbalance", choices=config.IMBALANCE_STRATEGIES,
                    help="the trainer's response to class imbalance (default: class_weight)")
 
@@ -154,7 +157,8 @@ def _settings(args: argparse.Namespace):
         direct_mode=args.direct_mode, workers=args.workers, enable_cache=not args.no_cache,
         validate_only=validate_only,
         **({} if validate_only else dict(model=args.model, epochs=args.epochs,
-                                         min_accuracy=args.min_accuracy, imbalance=args.imbalance)))
+                                         min_accuracy=args.min_accuracy, imbalance=args.imbalance,
+                                         fairness_max_gap=args.fairness_max_gap)))
 
 
 def _validation_config(path: Optional[str]):

@@ -99,9 +99,16 @@ class EvaluationConfig(_DictMixin):
     min_accuracy: overall accuracy on the eval split must reach this.
     max_regression: accuracy may drop at most this much against the latest
       blessed model (absolute, e.g. 0.01 = one point).
+    fairness_*: the fairness gate of the AuditGate (see components/audit).
     """
     min_accuracy: float = 0.55
     max_regression: float = 0.01
+    # Fairness: on every annotation slice (and every brightness/contrast band when
+    # fairness_proxy_slices) with at least fairness_min_examples examples, accuracy
+    # may trail overall accuracy by at most fairness_max_gap.
+    fairness_max_gap: float = 0.10
+    fairness_min_examples: int = 30
+    fairness_proxy_slices: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +181,8 @@ def profile_configs(profile: str, model: str, classes: Tuple[str, ...],
                                   validation_fraction=0.2, early_stopping_patience=2,
                                   reduce_lr_patience=1)
         # A smoke model is barely trained: the gate only proves the machinery works.
-        evaluation = EvaluationConfig(min_accuracy=0.05, max_regression=1.0)
+        evaluation = EvaluationConfig(min_accuracy=0.05, max_regression=1.0, fairness_max_gap=1.0,
+                                      fairness_min_examples=1)
     elif profile == "full":
         sample = ()
         training = TrainingConfig(model=model, classes=classes)

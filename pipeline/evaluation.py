@@ -1,5 +1,8 @@
-"""The TFMA configuration of the Evaluator, built in one tested function."""
-from typing import Sequence
+"""The TFMA configuration of the Evaluator, built in one tested function, and the
+readers of its results (metrics per slice, confusion matrix, validation failures)."""
+import collections
+import math
+from typing import Dict, List, Sequence
 
 import tensorflow_model_analysis as tfma
 
@@ -61,3 +64,72 @@ def make_eval_config(classes: Sequence[str], gates: EvaluationConfig,
                          tfma.MetricConfig(class_name="Recall"),
                          tfma.MetricConfig(class_name="F1Score")]),
         ])
+
+
+# ----------------------------------------------------------------------------
+# Reading the Evaluator's output
+# ----------------------------------------------------------------------------
+
+def _slice_name(slice_key) -> str:
+    parts = [f"{c.column}={c.bytes_value.decode() or c.int64_value}" for c in slice_key.single_slice_keys]
+    return ", ".join(parts) or "overall"
+
+
+def evaluation_metrics(evaluation_uri: str, classes: List[str]) -> Dict[str, Dict[str, float]]:
+    """{slice: {metric: value}} with per-class metrics named e.g. 'recall/happy'."""
+    metrics = collections.defaultdict(dict)
+    for per_slice in tfma.load_metrics(evaluation_uri):
+        name = _slice_name(per_slice.slice_key)
+        for item in per_slice.metric_keys_and_values:
+            key, value = item.key, item.value
+            if key.is_diff or not value.HasField("double_value"):
+                continue
+            metric = key.name
+            if key.aggregation_type.macro_average:
+                metric = f"macro_{metric}"
+            elif key.sub_key.HasField("class_id"):
+                metric = f"{metric}/{classes[key.sub_key.class_id.value]}"
+            number = value.double_value.value
+            metrics[name][metric] = None if math.isnan(number) else round(number, 4)
+    return dict(metrics)
+
+
+def confusion_matrix(evaluation_uri: str, num_classes: int) -> List[List[int]]:
+    """Overall confusion matrix from TFMA's plots: rows actual class, columns predicted."""
+    matrix = [[0] * num_classes for _ in range(num_classes)]
+    for per_slice in tfma.load_plots(evaluation_uri):
+        if per_slice.slice_key.single_slice_keys:
+            continue
+        for item in per_slice.plot_keys_and_values:
+            for thresholds in item.value.multi_class_confusion_matrix_at_thresholds.matrices:
+                for entry in thresholds.entries:
+                    if 0 <= entry.predicted_class_id < num_classes:
+                        matrix[entry.actual_class_id][entry.predicted_class_id] += int(
+                            entry.num_weighted_examples)
+    return matrix
+
+
+def _failure_text(failure, slice_name: str) -> str:
+    """'<metric> on <slice>: <value> < lower bound <x>', from TFMA's ValidationFailure."""
+    key, threshold = failure.metric_key, failure.metric_threshold
+    value = failure.metric_value.double_value.value
+    if key.is_diff:
+        bound = threshold.change_threshold.absolute.value
+        return (f"{key.name} on {slice_name}: changed by {value:+.4f} against the latest blessed "
+                f"model, allowed change >= {bound:+.4f}")
+    bounds = threshold.value_threshold
+    limits = []
+    if bounds.HasField("lower_bound"):
+        limits.append(f"lower bound {bounds.lower_bound.value:g}")
+    if bounds.HasField("upper_bound"):
+        limits.append(f"upper bound {bounds.upper_bound.value:g}")
+    return f"{key.name} on {slice_name}: {value:.4f} outside {' and '.join(limits)}"
+
+
+def validation_failures(evaluation_uri: str) -> Dict:
+    """{'ok': bool, 'failures': ['<metric> on <slice>: ...']} from TFMA's validation result."""
+    result = tfma.load_validation_result(evaluation_uri)
+    failures = [_failure_text(failure, _slice_name(per_slice.slice_key))
+                for per_slice in result.metric_validations_per_slice
+                for failure in per_slice.failures]
+    return {"ok": result.validation_ok, "failures": failures}

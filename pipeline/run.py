@@ -46,6 +46,7 @@ class RunSettings:
     min_accuracy: Optional[float] = None
     imbalance: Optional[str] = None    # override the trainer's response to class imbalance
     annotations: Optional[str] = None  # CSV keyed by image_id: slices for the Evaluator
+    fairness_max_gap: Optional[float] = None  # override the profile's fairness gate
     validation: ValidationConfig = ValidationConfig()
     direct_mode: Optional[str] = None  # default: in_memory for local, multi_processing for beam
     workers: int = 0                   # Beam DirectRunner workers; 0 = one per CPU
@@ -77,7 +78,9 @@ def build(settings: RunSettings, spans: fer2013.Spans) -> tfx.dsl.Pipeline:
     """The pipeline for `settings` on the data `spans` describes."""
     profile = profile_configs(settings.profile, settings.model, settings.classes,
                               settings.epochs, settings.min_accuracy)
-    training = profile.training
+    training, evaluation = profile.training, profile.evaluation
+    if settings.fairness_max_gap is not None:
+        evaluation = dataclasses.replace(evaluation, fairness_max_gap=settings.fairness_max_gap)
     if settings.imbalance:
         training = dataclasses.replace(training, imbalance=settings.imbalance)
     where = paths(settings.output, settings.model_name)
@@ -95,7 +98,7 @@ def build(settings: RunSettings, spans: fer2013.Spans) -> tfx.dsl.Pipeline:
                             sample_per_class=profile.sample_per_class, **annotation_settings),
         schema_file=SCHEMA_FILE,
         training=training,
-        gates=profile.evaluation,
+        gates=evaluation,
         validation=settings.validation,
         serving_model_dir=where["serving"],
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(

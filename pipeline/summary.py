@@ -5,21 +5,21 @@ the summary describes what the orchestrator actually recorded.
 """
 import collections
 import json
-import math
 import os
 import shutil
 from typing import Dict, List, Sequence
 
 import tensorflow as tf
-import tensorflow_model_analysis as tfma
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
+from components.audit import audit
 from components.data_validation import report as data_report
 from components.example_gen import report as ingestion_report
 from pipeline import features
-from pipeline.evaluation import ACCURACY, PROXY_SLICE_KEYS
+from pipeline.evaluation import (ACCURACY, PROXY_SLICE_KEYS, confusion_matrix, evaluation_metrics,
+                                 validation_failures)
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_TXT = "summary.txt"
@@ -68,70 +68,6 @@ def _custom(artifact, key: str):
     return value.int_value if value.HasField("int_value") else value.string_value
 
 
-def _slice_name(slice_key) -> str:
-    parts = [f"{c.column}={c.bytes_value.decode() or c.int64_value}" for c in slice_key.single_slice_keys]
-    return ", ".join(parts) or "overall"
-
-
-def evaluation_metrics(evaluation_uri: str, classes: List[str]) -> Dict[str, Dict[str, float]]:
-    """{slice: {metric: value}} with per-class metrics named e.g. 'recall/happy'."""
-    metrics = collections.defaultdict(dict)
-    for per_slice in tfma.load_metrics(evaluation_uri):
-        name = _slice_name(per_slice.slice_key)
-        for item in per_slice.metric_keys_and_values:
-            key, value = item.key, item.value
-            if key.is_diff or not value.HasField("double_value"):
-                continue
-            metric = key.name
-            if key.aggregation_type.macro_average:
-                metric = f"macro_{metric}"
-            elif key.sub_key.HasField("class_id"):
-                metric = f"{metric}/{classes[key.sub_key.class_id.value]}"
-            number = value.double_value.value
-            metrics[name][metric] = None if math.isnan(number) else round(number, 4)
-    return dict(metrics)
-
-
-def confusion_matrix(evaluation_uri: str, num_classes: int) -> List[List[int]]:
-    """Overall confusion matrix from TFMA's plots: rows actual class, columns predicted."""
-    matrix = [[0] * num_classes for _ in range(num_classes)]
-    for per_slice in tfma.load_plots(evaluation_uri):
-        if per_slice.slice_key.single_slice_keys:
-            continue
-        for item in per_slice.plot_keys_and_values:
-            for thresholds in item.value.multi_class_confusion_matrix_at_thresholds.matrices:
-                for entry in thresholds.entries:
-                    if 0 <= entry.predicted_class_id < num_classes:
-                        matrix[entry.actual_class_id][entry.predicted_class_id] += int(
-                            entry.num_weighted_examples)
-    return matrix
-
-
-def _failure_text(failure, slice_name: str) -> str:
-    """'<metric> on <slice>: <value> < lower bound <x>', from TFMA's ValidationFailure."""
-    key, threshold = failure.metric_key, failure.metric_threshold
-    value = failure.metric_value.double_value.value
-    if key.is_diff:
-        bound = threshold.change_threshold.absolute.value
-        return (f"{key.name} on {slice_name}: changed by {value:+.4f} against the latest blessed "
-                f"model, allowed change >= {bound:+.4f}")
-    bounds = threshold.value_threshold
-    limits = []
-    if bounds.HasField("lower_bound"):
-        limits.append(f"lower bound {bounds.lower_bound.value:g}")
-    if bounds.HasField("upper_bound"):
-        limits.append(f"upper bound {bounds.upper_bound.value:g}")
-    return f"{key.name} on {slice_name}: {value:.4f} outside {' and '.join(limits)}"
-
-
-def _validation(evaluation_uri: str) -> Dict:
-    result = tfma.load_validation_result(evaluation_uri)
-    failures = [_failure_text(failure, _slice_name(per_slice.slice_key))
-                for per_slice in result.metric_validations_per_slice
-                for failure in per_slice.failures]
-    return {"ok": result.validation_ok, "failures": failures}
-
-
 def collect(metadata_path: str, pipeline: tfx.dsl.Pipeline, since: float,
             classes: Sequence[str]) -> Dict:
     """The summary of the run that started at `since` (seconds since the epoch);
@@ -176,8 +112,15 @@ def collect(metadata_path: str, pipeline: tfx.dsl.Pipeline, since: float,
                              "confusion_matrix": {
                                  "classes": list(classes), "rows": "actual", "columns": "predicted",
                                  "counts": confusion_matrix(evaluation.uri, len(classes))},
-                             "validation": _validation(evaluation.uri),
+                             "validation": validation_failures(evaluation.uri),
                              "uri": evaluation.uri}
+    audit_report = output("AuditGate", "audit_report")
+    if audit_report:
+        with tf.io.gfile.GFile(os.path.join(audit_report.uri, audit.AUDIT_JSON)) as f:
+            loaded = json.load(f)
+        out["audit"] = {"blessed": loaded["blessed"], "gates": loaded["gates"],
+                        "report_dir": audit_report.uri}
+        blessing = output("AuditGate", "audit_blessing")
     out["blessed"] = bool(blessing and _custom(blessing, "blessed") == 1)
     pushed = output("Pusher", "pushed_model")
     out["pushed"] = bool(pushed and _custom(pushed, "pushed") == 1)
@@ -245,12 +188,17 @@ def format_text(result: Dict) -> str:
         lines.append("Blessed: yes (all thresholds passed)")
     else:
         stopped = validation and validation["blocked"]
-        reasons = model_validation.get("failures") or [
+        fairness = [w for gate in result.get("audit", {}).get("gates", [])[1:] for w in gate["why"]]
+        reasons = (model_validation.get("failures") or []) + fairness or [
             "no model was trained: data validation blocked the run" if stopped
             else "the Evaluator did not run"]
         lines.append("Blessed: NO: " + "; ".join(reasons))
     if not result.get("validate_only"):
         lines.append(f"Pushed: {result['pushed_path']}" if result["pushed"] else "Pushed: nothing")
+    if result.get("audit"):
+        where = result.get("reports_dir") or result["audit"]["report_dir"]
+        lines.append(f"Audit: {os.path.join(where, audit.AUDIT_HTML)}, model card "
+                     f"{os.path.join(where, audit.MODEL_CARD)}")
     if result.get("reports_dir"):
         lines.append(f"Reports: {result['reports_dir']}")
     return "\n".join(lines)
@@ -284,6 +232,20 @@ def write_reports(result: Dict, reports_dir: str) -> None:
         for name in (data_report.REPORT_HTML, data_report.REPORT_JSON):
             shutil.copyfile(os.path.join(validation["report_dir"], name),
                             os.path.join(reports_dir, name))
+    if result.get("audit"):
+        # The audit report and model card also travel with the pushed model.
+        targets = [reports_dir] + ([os.path.join(result["pushed_path"], "assets.extra")]
+                                   if result.get("pushed_path") else [])
+        with open(os.path.join(result["audit"]["report_dir"], audit.AUDIT_JSON)) as f:
+            report = json.load(f)
+        report["pushed_version"] = result.get("pushed_path")  # known only after the Pusher
+        for target in targets:
+            os.makedirs(target, exist_ok=True)
+            with open(os.path.join(target, audit.AUDIT_JSON), "w") as f:
+                json.dump(report, f, indent=1)
+            for name in (audit.AUDIT_HTML, audit.MODEL_CARD):
+                shutil.copyfile(os.path.join(result["audit"]["report_dir"], name),
+                                os.path.join(target, name))
     if "evaluation" in result:
         with open(os.path.join(reports_dir, EVALUATION_JSON), "w") as f:
             json.dump(result["evaluation"], f, indent=1)

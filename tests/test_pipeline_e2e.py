@@ -18,7 +18,7 @@ from tests.conftest import SMOKE_ANNOTATIONS, encode, real_images, run_smoke
 
 NODES = ("Fer2013ExampleGen", "StatisticsGen", "CuratedSchemaGen", "ExampleValidator",
          "SkewValidator", "DataValidationGate", "Transform", "Trainer",
-         "latest_blessed_model_resolver", "Evaluator", "Pusher")
+         "latest_blessed_model_resolver", "Evaluator", "AuditGate", "Pusher")
 
 
 def test_smoke_run_executes_every_component_and_pushes(smoke):

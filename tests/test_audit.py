@@ -1,0 +1,141 @@
+"""Audit: confidence intervals, the fairness gate (on real TFMA output of a model made
+deliberately worse on one annotated group, and through the pipeline), the audit report and
+the model card."""
+import glob
+import json
+import os
+
+import pytest
+import tensorflow as tf
+import tensorflow_model_analysis as tfma
+
+from components.audit import audit
+from components.data_validation.component import curated_schema
+from pipeline import features
+from pipeline.config import EvaluationConfig
+from pipeline.evaluation import evaluation_metrics, make_eval_config, validation_failures
+from pipeline.run import SCHEMA_FILE
+from tests.conftest import SMOKE_ANNOTATIONS, fer_pipeline
+
+
+def test_wilson_intervals_on_known_counts():
+    assert audit.wilson_interval(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    assert audit.wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert audit.wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert audit.wilson_interval(0, 0) == (0.0, 1.0)
+
+
+METRICS = {
+    "overall": {"sparse_categorical_accuracy": 0.6, "example_count": 200},
+    "gender=female": {"sparse_categorical_accuracy": 0.45, "example_count": 80},
+    "gender=male": {"sparse_categorical_accuracy": 0.7, "example_count": 120},
+    "gender=other": {"sparse_categorical_accuracy": 0.1, "example_count": 5},
+    "brightness_band=dark": {"sparse_categorical_accuracy": 0.3, "example_count": 60},
+    "label_name=disgust": {"sparse_categorical_accuracy": 0.0, "example_count": 40},
+}
+
+
+def test_fairness_gate_judges_annotation_slices_big_enough_and_proxies_only_when_asked():
+    rows = audit.slice_rows(METRICS, ["gender"])
+    kinds = {r["slice"]: r["kind"] for r in rows}
+    assert kinds == {"overall": "overall", "gender=female": "annotation", "gender=male": "annotation",
+                     "gender=other": "annotation", "brightness_band=dark": "image proxy",
+                     "label_name=disgust": "emotion"}
+    female = next(r for r in rows if r["slice"] == "gender=female")
+    assert female["gap_to_overall"] == pytest.approx(0.15)
+    assert female["ci95"] == pytest.approx([0.3458, 0.5588], abs=1e-4)
+    failures = audit.fairness_failures(rows, EvaluationConfig())
+    assert failures == ["fairness: accuracy on gender=female is 0.4500 (n=80, 95% CI 0.346-0.559), "
+                        "0.1500 below overall; allowed gap 0.1"]  # gender=other: 5 < 30 examples
+    with_proxies = audit.fairness_failures(rows, EvaluationConfig(fairness_proxy_slices=True))
+    assert len(with_proxies) == 2 and "brightness_band=dark" in with_proxies[1]
+    assert audit.fairness_failures(rows, EvaluationConfig(fairness_max_gap=0.2)) == []
+
+
+class Saboteur(tf.Module):
+    """A 'model' with the pipeline's signatures that is right on every face except those of
+    one annotated group, where it always answers the next class: deliberately unfair."""
+
+    def __init__(self, classes, column: str, bad_value: str):
+        super().__init__()
+        self.classes = tf.constant(list(classes))
+        self.column, self.bad_value = column, bad_value
+        self.spec = {features.LABEL_NAME_KEY: tf.io.FixedLenFeature([], tf.string),
+                     column: tf.io.FixedLenFeature([], tf.string)}
+
+    def _class_ids(self, parsed):
+        matches = tf.equal(tf.expand_dims(parsed[features.LABEL_NAME_KEY], 1), self.classes)
+        return tf.argmax(tf.cast(matches, tf.int64), axis=1)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def serve(self, examples):
+        parsed = tf.io.parse_example(examples, self.spec)
+        truth = self._class_ids(parsed)
+        answer = tf.where(tf.equal(parsed[self.column], self.bad_value),
+                          (truth + 1) % tf.size(self.classes, out_type=tf.int64), truth)
+        return {features.PROBABILITIES_OUTPUT: tf.one_hot(answer, tf.size(self.classes))}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def transform(self, examples):
+        return {features.CLASS_ID_KEY: self._class_ids(tf.io.parse_example(examples, self.spec))}
+
+
+def test_a_model_worse_on_one_annotated_group_is_not_blessed_naming_the_slice(smoke, tmp_path):
+    output, _, _ = smoke
+    [split] = glob.glob(os.path.join(output, "tfx", "Fer2013ExampleGen", "examples", "*", "Split-eval"))
+    model = Saboteur(features.EMOTIONS, "gender", "female")
+    path = str(tmp_path / "saboteur")
+    tf.saved_model.save(model, path, signatures={
+        features.SERVING_DEFAULT_SIGNATURE: model.serve.get_concrete_function(),
+        features.TRANSFORM_FEATURES_SIGNATURE: model.transform.get_concrete_function()})
+    gates = EvaluationConfig(min_accuracy=0.0)
+    config = make_eval_config(features.EMOTIONS, gates, ["gender"])
+    for spec in config.metrics_specs:  # no baseline model here: drop the no-regression gate
+        for metric in spec.metrics:
+            for threshold in metric.per_slice_thresholds:
+                threshold.threshold.ClearField("change_threshold")
+    evaluation = str(tmp_path / "evaluation")
+    tfma.run_model_analysis(
+        eval_shared_model=tfma.default_eval_shared_model(path, eval_config=config),
+        eval_config=config, data_location=os.path.join(split, "*"), output_path=evaluation,
+        schema=curated_schema(SCHEMA_FILE, features.EMOTIONS, ["gender"]))
+    evaluator = validation_failures(evaluation)
+    assert evaluator["ok"]  # the accuracy floor alone would have blessed it
+    metrics = evaluation_metrics(evaluation, list(features.EMOTIONS))
+    assert metrics["gender=female"]["sparse_categorical_accuracy"] == 0.0
+    assert metrics["gender=male"]["sparse_categorical_accuracy"] == 1.0
+    report = audit.build_report(pipeline="saboteur", classes=features.EMOTIONS, metrics=metrics,
+                                evaluator=evaluator, evaluator_blessed=True, gates=gates,
+                                annotation_columns=["gender"], lineage={}, data={})
+    assert not report["blessed"]
+    [failure] = report["gates"][1]["why"]
+    assert failure.startswith("fairness: accuracy on gender=female is 0.0000 (n=")
+
+
+def test_every_run_writes_an_audit_report_and_model_card_beside_the_pushed_model(smoke):
+    output, summary, stdout = smoke
+    assert summary["audit"]["blessed"] and summary["blessed"]
+    for where in (os.path.join(output, "reports"), os.path.join(summary["pushed_path"], "assets.extra")):
+        report = json.load(open(os.path.join(where, audit.AUDIT_JSON)))
+        assert {r["slice"] for r in report["slices"]} >= {"overall", "gender=female", "brightness_band=dark"}
+        assert report["pushed_version"] == summary["pushed_path"]
+        assert report["lineage"]["model_artifact_id"] > 0 and report["data"]["input_fingerprint_sha256"] != "unknown"
+        page = open(os.path.join(where, audit.AUDIT_HTML)).read()
+        assert "gender=female" in page and "NOT demographic" in page and "95% Wilson" in page
+        card = open(os.path.join(where, audit.MODEL_CARD)).read()
+        for text in ("## Intended use", "## Out-of-scope uses", "Surveillance", "hiring",
+                     "AI Act", "48x48 grayscale", "Label noise", "No demographic labels",
+                     "## Privacy", "## Caveats", "| gender=female | annotation |"):
+            assert text in card
+    assert "Audit: " in stdout and "model_card.md" in stdout
+
+
+def test_the_fairness_gate_stops_the_push_through_the_pipeline(smoke, fer2013_root):
+    output, _, _ = smoke
+    done = fer_pipeline("run", "--data", str(fer2013_root), "--output", str(output), "--profile", "smoke",
+                        "--annotations", str(output.parent / SMOKE_ANNOTATIONS), "--fairness-max-gap", "0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.load(open(os.path.join(output, "reports", "summary.json")))
+    assert summary["components"]["Trainer"]["state"] == "CACHED"
+    assert not summary["blessed"] and not summary["pushed"]
+    assert "Blessed: NO: fairness: accuracy on gender=" in done.stdout
