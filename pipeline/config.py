@@ -5,6 +5,7 @@ plain dicts (`to_dict`/`from_dict`), so what a run used is recorded in ML Metada
 `profile_configs` holds the two built-in profiles.
 """
 import dataclasses
+import json
 import math
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -18,6 +19,14 @@ ACTIONS = ("warn", "block")
 class _DictMixin:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """The form a component parameter carries (stable key order, so caching works)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]):

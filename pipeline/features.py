@@ -35,8 +35,8 @@ BRIGHTNESS_BAND_KEY = "brightness_band"   # dark | medium | bright
 CONTRAST_BAND_KEY = "contrast_band"       # low | medium | high
 BRIGHTNESS_BANDS = ((0.45, "dark"), (0.56, "medium"), (float("inf"), "bright"))
 CONTRAST_BANDS = ((0.19, "low"), (0.23, "medium"), (float("inf"), "high"))
-RAW_FEATURE_KEYS = ("image", "label", "label_name", "source_split", "image_id", BRIGHTNESS_KEY,
-                    CONTRAST_KEY, BRIGHTNESS_BAND_KEY, CONTRAST_BAND_KEY)
+RAW_FEATURE_KEYS = (IMAGE_KEY, LABEL_KEY, LABEL_NAME_KEY, SOURCE_SPLIT_KEY, IMAGE_ID_KEY,
+                    BRIGHTNESS_KEY, CONTRAST_KEY, BRIGHTNESS_BAND_KEY, CONTRAST_BAND_KEY)
 
 
 def band(value: float, bands) -> str:

@@ -5,7 +5,6 @@ physical fact. Every orchestrator (LocalDagRunner, BeamDagRunner) runs this
 same component list.
 """
 import dataclasses
-import json
 from typing import List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
@@ -96,7 +95,7 @@ def create_pipeline(
         schema_anomalies=example_validator.outputs["anomalies"],
         skew_anomalies=skew_validator.outputs["anomalies"],
         ingestion_report=example_gen.outputs["ingestion_report"],
-        validation_config=json.dumps(validation.to_dict(), sort_keys=True),
+        validation_config=validation.to_json(),
         classes=classes, pipeline=pipeline_name, data=source.input_base, **drift)
     components.append(gate)
     if validate_only:
@@ -145,7 +144,7 @@ def create_pipeline(
             blessing=evaluator.outputs["blessing"],
             model=trainer.outputs["model"],
             examples=example_gen.outputs["examples"],
-            gates=json.dumps(gates.to_dict(), sort_keys=True),
+            gates=gates.to_json(),
             classes=classes, pipeline=pipeline_name,
             annotation_columns=",".join(ingest.annotation_columns)).with_id(AUDIT_GATE_ID)
         # Copies a blessed model into TF Serving's <base>/<version>/ layout.

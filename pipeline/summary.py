@@ -17,9 +17,7 @@ from tfx import v1 as tfx
 from components.audit import audit
 from components.data_validation import report as data_report
 from components.example_gen import report as ingestion_report
-from pipeline import features
-from pipeline.evaluation import (ACCURACY, PROXY_SLICE_KEYS, confusion_matrix, evaluation_metrics,
-                                 validation_failures)
+from pipeline.evaluation import ACCURACY, confusion_matrix, evaluation_metrics, validation_failures
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_TXT = "summary.txt"
@@ -188,7 +186,8 @@ def format_text(result: Dict) -> str:
         lines.append("Blessed: yes (all thresholds passed)")
     else:
         stopped = validation and validation["blocked"]
-        fairness = [w for gate in result.get("audit", {}).get("gates", [])[1:] for w in gate["why"]]
+        fairness = [w for gate in result.get("audit", {}).get("gates", [])
+                    if gate["kind"] == "fairness" for w in gate["why"]]
         reasons = (model_validation.get("failures") or []) + fairness or [
             "no model was trained: data validation blocked the run" if stopped
             else "the Evaluator did not run"]
@@ -212,9 +211,11 @@ def _slice_lines(result: Dict) -> List[str]:
             feature, value = name.split("=", 1)
             families[feature].append(f"{value} {values[ACCURACY]:.3f} "
                                      f"(n={values.get('example_count', 0):.0f})")
-    kinds = {features.LABEL_NAME_KEY: "emotion",
-             **{k: "image proxy, not a demographic" for k in PROXY_SLICE_KEYS}}
-    return [f"  by {feature} ({kinds.get(feature, 'annotation')}): " + ", ".join(sorted(parts))
+    def kind(feature: str) -> str:
+        name = audit.slice_kind(feature)
+        return f"{name}, not a demographic" if name == "image proxy" else name
+
+    return [f"  by {feature} ({kind(feature)}): " + ", ".join(sorted(parts))
             for feature, parts in families.items()]
 
 

@@ -60,10 +60,15 @@ def server_client(url: str, model_name: str, timeout_s: float):
     return clients.GrpcClient(url, model_name, timeout_s=timeout_s)
 
 
+OK, NO_FACE, FAILED = "ok", "no_face", "failed"
+
+
 @dataclasses.dataclass
 class PhotoResult:
+    """status: ok (faces found), no_face (read, but no face in it) or failed (`error` says why)."""
     file: str
     faces: List[Dict] = dataclasses.field(default_factory=list)
+    status: str = OK
     error: Optional[str] = None
     annotated: Optional[str] = None
 
@@ -78,11 +83,11 @@ def analyze(path: str, classifier, margin: float = face_lib.DEFAULT_MARGIN,
     try:
         image = face_lib.read_photo(path)
     except face_lib.PhotoError as e:
-        result.error = str(e)
+        result.status, result.error = FAILED, str(e)
         return result
     boxes, crops = face_lib.faces_in(image, margin)
     if not boxes:
-        result.error = f"{path}: no face found"
+        result.status, result.error = NO_FACE, f"{path}: no face found"
     else:
         predictions = classifier.predict_images(crops)
         result.faces = [{"box": box.as_list(), **p.to_dict()} for box, p in zip(boxes, predictions)]
@@ -111,8 +116,8 @@ def annotate(image, faces: List[Dict], path: str, out_dir: str) -> str:
 def format_text(results: List[PhotoResult]) -> str:
     lines = []
     for r in results:
-        if r.error and not r.faces:
-            lines.append(f"{r.file}: {r.error.replace(r.file + ': ', '')}")
+        if r.status != OK:
+            lines.append(r.error if r.error.startswith(r.file) else f"{r.file}: {r.error}")
             continue
         lines.append(f"{r.file}: {len(r.faces)} face(s)")
         for face in r.faces:
@@ -132,12 +137,12 @@ def run(photos: Sequence[str], classifier, as_json: bool = False,
         try:
             results.append(analyze(path, classifier, margin, annotate_dir))
         except clients.ServingError as e:
-            results.append(PhotoResult(path, error=f"{path}: {e}"))
+            results.append(PhotoResult(path, status=FAILED, error=f"{path}: {e}"))
     if as_json:
         print(json.dumps({"photos": [r.to_dict() for r in results]}, indent=1))
     else:
         print(format_text(results))
-    failed = [r for r in results if r.error and not r.error.endswith("no face found")]
+    failed = [r for r in results if r.status == FAILED]
     for r in failed:
         sys.stderr.write(f"fer-pipeline predict: {r.error}\n")
     return 1 if len(failed) == len(results) else 0

@@ -12,7 +12,7 @@ validation result is never ok, and `min_slice_size` crashes next to them.)
 """
 import html
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from pipeline import features
 from pipeline.config import EvaluationConfig
@@ -36,14 +36,16 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> Tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _kind(feature: str, annotation_columns: Sequence[str]) -> str:
+def slice_kind(feature: str, annotation_columns: Optional[Sequence[str]] = None) -> str:
+    """overall, emotion, image proxy, annotation or other. Without `annotation_columns`,
+    every feature that is not a built-in slice counts as an annotation."""
     if feature == "":
         return "overall"
     if feature == features.LABEL_NAME_KEY:
         return "emotion"
     if feature in PROXY_SLICE_KEYS:
         return "image proxy"
-    return "annotation" if feature in annotation_columns else "other"
+    return "annotation" if annotation_columns is None or feature in annotation_columns else "other"
 
 
 def slice_rows(metrics: Dict[str, Dict[str, float]], annotation_columns: Sequence[str]) -> List[Dict]:
@@ -57,7 +59,7 @@ def slice_rows(metrics: Dict[str, Dict[str, float]], annotation_columns: Sequenc
         low, high = wilson_interval(round((accuracy or 0.0) * count), count)
         rows.append({
             "slice": name, "feature": feature, "value": value,
-            "kind": _kind(feature, annotation_columns), "examples": count,
+            "kind": slice_kind(feature, annotation_columns), "examples": count,
             "accuracy": accuracy, "ci95": [round(low, 4), round(high, 4)],
             "gap_to_overall": None if accuracy is None or overall is None else round(overall - accuracy, 4),
             "macro_f1": values.get("macro_f1_score"),
@@ -86,9 +88,9 @@ def build_report(*, pipeline: str, classes: Sequence[str], metrics: Dict, evalua
     rows = slice_rows(metrics, annotation_columns)
     fairness = fairness_failures(rows, gates)
     gate_list = [
-        {"gate": "accuracy floor and no regression (Evaluator, TFMA)", "passed": evaluator_blessed,
-         "why": evaluator.get("failures") or []},
-        {"gate": f"fairness: annotation{' and image-proxy' if gates.fairness_proxy_slices else ''} "
+        {"kind": "evaluator", "gate": "accuracy floor and no regression (Evaluator, TFMA)",
+         "passed": evaluator_blessed, "why": evaluator.get("failures") or []},
+        {"kind": "fairness", "gate": f"fairness: annotation{' and image-proxy' if gates.fairness_proxy_slices else ''} "
                  f"slices with >= {gates.fairness_min_examples} examples within "
                  f"{gates.fairness_max_gap:g} of overall accuracy",
          "passed": not fairness, "why": fairness},

@@ -42,7 +42,7 @@ def AuditGate(
         pipeline: Parameter[str],
         annotation_columns: Parameter[str] = "",
 ) -> None:
-    config = EvaluationConfig.from_dict(json.loads(gates))
+    config = EvaluationConfig.from_json(gates)
     class_names = classes.split(",")
     columns = [c for c in annotation_columns.split(",") if c]
     fingerprint = (examples.get_string_custom_property("input_fingerprint")

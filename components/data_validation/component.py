@@ -9,7 +9,6 @@ TFX's DistributionValidator, and the gate that decides whether training may go o
                        `blocked` on it. The pipeline runs Transform and everything
                        after it only when `blocked` is 0 (a `tfx.dsl.Cond`).
 """
-import json
 from typing import Dict, List, Sequence
 
 import tensorflow_data_validation as tfdv
@@ -98,17 +97,14 @@ def _split_stats(artifact) -> Dict:
             for split in artifact_utils.decode_split_names(artifact.split_names)}
 
 
-def _span(ingestion: types.Artifact) -> int:
-    return ingestion.get_int_custom_property("span") if ingestion.has_custom_property("span") else 0
-
-
 def build_report(*, pipeline: str, data: str, config: ValidationConfig, classes: List[str],
                  statistics, schema_anomalies, skew_anomalies, ingestion,
                  drift_anomalies=None, baseline_statistics=None, baseline_ingestion=None) -> Dict:
     """The data report as a dict, from the artifacts of the validators."""
-    current = _span(ingestion)
+    # StatisticsGen copies the examples' span, which the ExampleGen sets from span-N.
+    current = statistics.span
     has_baseline = baseline_statistics is not None
-    previous = _span(baseline_ingestion) if has_baseline and baseline_ingestion is not None else 0
+    previous = baseline_statistics.span if has_baseline else 0
     current_name = checks.span_name(current)
     previous_name = checks.span_name(previous, default="baseline") if has_baseline else None
     if previous_name == current_name:  # e.g. two un-numbered folders on Kubeflow
@@ -189,7 +185,7 @@ def DataValidationGate(
     finding is configured to block."""
     result = build_report(
         pipeline=pipeline, data=data,
-        config=ValidationConfig.from_dict(json.loads(validation_config)),
+        config=ValidationConfig.from_json(validation_config),
         classes=classes.split(","), statistics=statistics, schema_anomalies=schema_anomalies,
         skew_anomalies=skew_anomalies, ingestion=ingestion_report,
         drift_anomalies=drift_anomalies, baseline_statistics=baseline_statistics,

@@ -10,7 +10,6 @@ Usage:
 Being a FileBasedExampleGen, its driver fingerprints the input files of each
 split pattern, so a re-run on unchanged data is served from the cache.
 """
-import json
 
 from tfx import types
 from tfx.components.example_gen.component import FileBasedExampleGen
@@ -60,7 +59,7 @@ class Fer2013ExampleGen(FileBasedExampleGen):
             output_config=example_gen_pb2.Output(),
             output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
             output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
-            ingest_config=json.dumps(ingest.to_dict(), sort_keys=True),
+            ingest_config=ingest.to_json(),
             data_span=source.span,
             examples=types.Channel(type=standard_artifacts.Examples),
             ingestion_report=types.Channel(type=IngestionReport))

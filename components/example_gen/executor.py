@@ -69,7 +69,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
                                exec_properties: Dict[str, Any]) -> Dict[str, beam.PCollection]:
         input_config = example_gen_pb2.Input()
         proto_utils.json_to_proto(exec_properties["input_config"], input_config)
-        ingest = IngestConfig.from_dict(json.loads(exec_properties[INGEST_CONFIG_KEY]))
+        ingest = IngestConfig.from_json(exec_properties[INGEST_CONFIG_KEY])
         input_base = exec_properties["input_base"]
         splits = {}
         for split in input_config.splits:
