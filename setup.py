@@ -26,6 +26,7 @@ setup(
         "protobuf==3.20.3",
         "numpy==1.26.4",
         "pillow",
+        "matplotlib",  # training curves
         "tensorflow-serving-api==2.16.1",
         # 4.11 is the last OpenCV that ships the Haar face cascades (5.x dropped them).
         "opencv-python-headless==4.11.0.86",

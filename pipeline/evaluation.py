@@ -1,6 +1,8 @@
 """The TFMA configuration of the Evaluator, built in one tested function, and the
 readers of its results (metrics per slice, confusion matrix, validation failures)."""
 import collections
+import importlib.util
+import json
 import math
 from typing import Dict, List, Sequence
 
@@ -14,6 +16,16 @@ OVERALL = tfma.SlicingSpec()
 BY_EMOTION = tfma.SlicingSpec(feature_keys=[features.LABEL_NAME_KEY])
 # Proxy slices computed from the image: NOT demographics (say so wherever they are shown).
 PROXY_SLICE_KEYS = (features.BRIGHTNESS_BAND_KEY, features.CONTRAST_BAND_KEY)
+# Reliability diagram of the top-1 prediction (confidence vs. accuracy), from which the
+# expected calibration error is computed.
+CALIBRATION_BUCKETS = 10
+# Fairness Indicators (installed with --no-deps: its declared pins clash with tfx 1.16's).
+FAIRNESS_INDICATORS_MODULE = "fairness_indicators.fairness_indicators_metrics"
+FAIRNESS_THRESHOLD = 0.5
+
+
+def fairness_indicators_installed() -> bool:
+    return importlib.util.find_spec("fairness_indicators") is not None
 
 
 def slicing_specs(annotation_columns: Sequence[str] = ()) -> list:
@@ -26,8 +38,12 @@ def slicing_specs(annotation_columns: Sequence[str] = ()) -> list:
 def make_eval_config(classes: Sequence[str], gates: EvaluationConfig,
                      annotation_columns: Sequence[str] = ()) -> tfma.EvalConfig:
     """Accuracy, per-class precision/recall/F1 (binarized by class id) with their macro
-    average, and the confusion matrix, overall, per emotion, per brightness and
-    contrast band (image proxies, not demographics) and per annotation column.
+    average, the confusion matrix, the calibration of the top-1 prediction (TFMA's
+    CalibrationPlot and Calibration on k=1 binarization: label 1 when the most
+    probable class is right, prediction = its probability) and, when installed,
+    Fairness Indicators per class at threshold 0.5; overall, per emotion, per
+    brightness and contrast band (image proxies, not demographics) and per
+    annotation column.
 
     Blessing: overall accuracy >= gates.min_accuracy, and no drop of more than
     gates.max_regression against the latest blessed model. Both thresholds
@@ -63,7 +79,17 @@ def make_eval_config(classes: Sequence[str], gates: EvaluationConfig,
                 metrics=[tfma.MetricConfig(class_name="Precision"),
                          tfma.MetricConfig(class_name="Recall"),
                          tfma.MetricConfig(class_name="F1Score")]),
-        ])
+            tfma.MetricsSpec(
+                binarize=tfma.BinarizationOptions(k_list={"values": [1]}),
+                metrics=[tfma.MetricConfig(class_name="CalibrationPlot",
+                                           config=json.dumps({"num_buckets": CALIBRATION_BUCKETS})),
+                         tfma.MetricConfig(class_name="Calibration")]),
+        ] + ([tfma.MetricsSpec(
+            binarize=tfma.BinarizationOptions(class_ids={"values": class_ids}),
+            metrics=[tfma.MetricConfig(class_name="FairnessIndicators",
+                                       module=FAIRNESS_INDICATORS_MODULE,
+                                       config=json.dumps({"thresholds": [FAIRNESS_THRESHOLD]}))])]
+             if fairness_indicators_installed() else []))
 
 
 # ----------------------------------------------------------------------------
@@ -89,6 +115,8 @@ def evaluation_metrics(evaluation_uri: str, classes: List[str]) -> Dict[str, Dic
                 metric = f"macro_{metric}"
             elif key.sub_key.HasField("class_id"):
                 metric = f"{metric}/{classes[key.sub_key.class_id.value]}"
+            elif key.sub_key.HasField("k"):
+                metric = f"{metric}/top{key.sub_key.k.value}"
             number = value.double_value.value
             metrics[name][metric] = None if math.isnan(number) else round(number, 4)
     return dict(metrics)
@@ -107,6 +135,33 @@ def confusion_matrix(evaluation_uri: str, num_classes: int) -> List[List[int]]:
                         matrix[entry.actual_class_id][entry.predicted_class_id] += int(
                             entry.num_weighted_examples)
     return matrix
+
+
+def calibration(evaluation_uri: str) -> Dict[str, Dict]:
+    """{slice: {'ece': expected calibration error, 'bins': [{low, high, examples, accuracy,
+    confidence}]}} from TFMA's top-1 calibration plot: ECE = sum over confidence bins of
+    (bin size / N) * |accuracy - mean confidence|."""
+    result = {}
+    for per_slice in tfma.load_plots(evaluation_uri):
+        for item in per_slice.plot_keys_and_values:
+            if not item.key.sub_key.HasField("k"):
+                continue
+            bins, total, gap = [], 0.0, 0.0
+            for bucket in item.value.calibration_histogram_buckets.buckets:
+                n = bucket.num_weighted_examples.value
+                if n <= 0:
+                    continue
+                accuracy = bucket.total_weighted_label.value / n
+                confidence = bucket.total_weighted_refined_prediction.value / n
+                total += n
+                gap += n * abs(accuracy - confidence)
+                bins.append({"low": round(max(bucket.lower_threshold_inclusive, 0.0), 4),
+                             "high": round(min(bucket.upper_threshold_exclusive, 1.0), 4),
+                             "examples": int(round(n)), "accuracy": round(accuracy, 4),
+                             "confidence": round(confidence, 4)})
+            result[_slice_name(per_slice.slice_key)] = {
+                "ece": round(gap / total, 4) if total else None, "bins": bins}
+    return result
 
 
 def _failure_text(failure, slice_name: str) -> str:

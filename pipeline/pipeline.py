@@ -12,7 +12,7 @@ from tfx import v1 as tfx
 # Not exported in tfx.v1 (1.16); this is its module path.
 from tfx.components.distribution_validator.component import DistributionValidator
 
-from components.audit.component import AuditGate
+from components.audit.component import AuditBlessing, AuditGate
 from components.data_validation.component import (
     BLOCKED_PROPERTY, CuratedSchemaGen, DataValidationGate, distribution_config)
 from components.example_gen.component import Fer2013ExampleGen
@@ -103,13 +103,12 @@ def create_pipeline(
                          metadata_connection_config, beam_pipeline_args)
 
     # The latest blessed model, the baseline of the no-regression gate.
-    # Known limitation: this resolver also sees the Evaluator's blessings, so a model that
-    # passed the accuracy gates but failed the AuditGate's fairness gate can become the
-    # regression baseline (restricting the channel to AuditGate's output found nothing).
+    # The regression baseline: the latest model the AuditGate (accuracy AND fairness) blessed.
+    # Its AuditBlessing type keeps the Evaluator's own blessings out of this channel.
     baseline = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        model_blessing=tfx.dsl.Channel(type=AuditBlessing),
     ).with_id("latest_blessed_model_resolver")
     components.append(baseline)
 
@@ -144,6 +143,7 @@ def create_pipeline(
             blessing=evaluator.outputs["blessing"],
             model=trainer.outputs["model"],
             examples=example_gen.outputs["examples"],
+            baseline_model=baseline.outputs["model"],
             gates=gates.to_json(),
             classes=classes, pipeline=pipeline_name,
             annotation_columns=",".join(ingest.annotation_columns)).with_id(AUDIT_GATE_ID)

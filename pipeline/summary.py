@@ -116,8 +116,9 @@ def collect(metadata_path: str, pipeline: tfx.dsl.Pipeline, since: float,
     if audit_report:
         with tf.io.gfile.GFile(os.path.join(audit_report.uri, audit.AUDIT_JSON)) as f:
             loaded = json.load(f)
+        overall = next((r for r in loaded["slices"] if r["kind"] == "overall"), {})
         out["audit"] = {"blessed": loaded["blessed"], "gates": loaded["gates"],
-                        "report_dir": audit_report.uri}
+                        "ece": overall.get("ece"), "report_dir": audit_report.uri}
         blessing = output("AuditGate", "audit_blessing")
     out["blessed"] = bool(blessing and _custom(blessing, "blessed") == 1)
     pushed = output("Pusher", "pushed_model")
@@ -179,6 +180,9 @@ def format_text(result: Dict) -> str:
         lines.append("Evaluation on eval: " + ", ".join(
             f"{k} {v:.0f}" if k == "example_count" else f"{k} {v:.4f}" for k, v in head.items()))
     lines += _slice_lines(result)
+    if result.get("audit", {}).get("ece") is not None:
+        lines.append(f"Calibration: expected calibration error of the top-1 prediction "
+                     f"{result['audit']['ece']:.4f} (reliability table in the audit report)")
     model_validation = result.get("evaluation", {}).get("validation", {})
     if result.get("validate_only"):
         pass  # nothing was meant to be trained

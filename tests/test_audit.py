@@ -13,9 +13,9 @@ from components.audit import audit
 from components.data_validation.component import curated_schema
 from pipeline import features
 from pipeline.config import EvaluationConfig
-from pipeline.evaluation import evaluation_metrics, make_eval_config, validation_failures
+from pipeline.evaluation import calibration, evaluation_metrics, make_eval_config, validation_failures
 from pipeline.run import SCHEMA_FILE
-from tests.conftest import SMOKE_ANNOTATIONS, fer_pipeline
+from tests.conftest import SMOKE_ANNOTATIONS, fer_pipeline, run_smoke
 
 
 def test_wilson_intervals_on_known_counts():
@@ -104,6 +104,16 @@ def test_a_model_worse_on_one_annotated_group_is_not_blessed_naming_the_slice(sm
     metrics = evaluation_metrics(evaluation, list(features.EMOTIONS))
     assert metrics["gender=female"]["sparse_categorical_accuracy"] == 0.0
     assert metrics["gender=male"]["sparse_categorical_accuracy"] == 1.0
+    # Fairness Indicators: every female face of every emotion is missed, no male face is.
+    assert metrics["gender=female"]["fairness_indicators_metrics/false_negative_rate@0.5/happy"] == 1.0
+    assert metrics["gender=male"]["fairness_indicators_metrics/false_negative_rate@0.5/happy"] == 0.0
+    # Calibration: it is always 100% confident, so its ECE is exactly its error rate.
+    reliability = calibration(evaluation)
+    assert reliability["gender=male"]["ece"] == 0.0
+    assert reliability["overall"]["ece"] == pytest.approx(
+        1 - metrics["overall"]["sparse_categorical_accuracy"], abs=1e-4)
+    [top_bin] = reliability["overall"]["bins"]
+    assert top_bin["confidence"] == 1.0 and top_bin["examples"] == metrics["overall"]["example_count"]
     report = audit.build_report(pipeline="saboteur", classes=features.EMOTIONS, metrics=metrics,
                                 evaluator=evaluator, evaluator_blessed=True, gates=gates,
                                 annotation_columns=["gender"], lineage={}, data={})
@@ -120,8 +130,16 @@ def test_every_run_writes_an_audit_report_and_model_card_beside_the_pushed_model
         assert {r["slice"] for r in report["slices"]} >= {"overall", "gender=female", "brightness_band=dark"}
         assert report["pushed_version"] == summary["pushed_path"]
         assert report["lineage"]["model_artifact_id"] > 0 and report["data"]["input_fingerprint_sha256"] != "unknown"
+        overall = next(r for r in report["slices"] if r["slice"] == "overall")
+        assert 0.0 <= overall["ece"] <= 1.0
+        assert sum(b["examples"] for b in report["reliability"]) == overall["examples"]
+        assert set(overall["fairness_indicators"]["fnr"]) == set(features.EMOTIONS)
+        female = next(r for r in report["slices"] if r["slice"] == "gender=female")
+        assert 0.0 <= female["fairness_indicators"]["fpr"]["happy"] <= 1.0
+        assert report["lineage"]["baseline_model_artifact_id"] is None  # a first run
         page = open(os.path.join(where, audit.AUDIT_HTML)).read()
         assert "gender=female" in page and "NOT demographic" in page and "95% Wilson" in page
+        assert "<h2>Calibration</h2>" in page and "<h2>Fairness Indicators</h2>" in page
         card = open(os.path.join(where, audit.MODEL_CARD)).read()
         for text in ("## Intended use", "## Out-of-scope uses", "Surveillance", "hiring",
                      "AI Act", "48x48 grayscale", "Label noise", "No demographic labels",
@@ -130,12 +148,31 @@ def test_every_run_writes_an_audit_report_and_model_card_beside_the_pushed_model
     assert "Audit: " in stdout and "model_card.md" in stdout
 
 
-def test_the_fairness_gate_stops_the_push_through_the_pipeline(smoke, fer2013_root):
+def _audit(output) -> dict:
+    with open(os.path.join(output, "reports", audit.AUDIT_JSON)) as f:
+        return json.load(f)
+
+
+def test_the_fairness_gate_stops_the_push_and_a_refused_model_never_becomes_the_baseline(smoke, fer2013_root):
     output, _, _ = smoke
+    first_model = _audit(output)["lineage"]["model_artifact_id"]
+    annotations = ("--annotations", str(output.parent / SMOKE_ANNOTATIONS))
     done = fer_pipeline("run", "--data", str(fer2013_root), "--output", str(output), "--profile", "smoke",
-                        "--annotations", str(output.parent / SMOKE_ANNOTATIONS), "--fairness-max-gap", "0")
+                        *annotations, "--fairness-max-gap", "0")
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.load(open(os.path.join(output, "reports", "summary.json")))
     assert summary["components"]["Trainer"]["state"] == "CACHED"
     assert not summary["blessed"] and not summary["pushed"]
     assert "Blessed: NO: fairness: accuracy on gender=" in done.stdout
+    # A new model (1 epoch) that the Evaluator blesses and the fairness gate refuses ...
+    summary, _ = run_smoke(fer2013_root, output, *annotations, "--epochs", "1", "--fairness-max-gap", "0")
+    refused = _audit(output)
+    assert refused["gates"][0]["passed"] and not refused["blessed"] and not summary["pushed"]
+    assert refused["lineage"]["model_artifact_id"] != first_model
+    assert refused["lineage"]["baseline_model_artifact_id"] == first_model
+    # ... is not the regression baseline of the next run: the first, audited model still is.
+    summary, _ = run_smoke(fer2013_root, output, *annotations, "--epochs", "1")
+    assert summary["components"]["Trainer"]["state"] == "CACHED"
+    again = _audit(output)
+    assert again["lineage"]["model_artifact_id"] == refused["lineage"]["model_artifact_id"]
+    assert again["lineage"]["baseline_model_artifact_id"] == first_model

@@ -1,8 +1,9 @@
 """The audit of one evaluated model: slices with confidence intervals, the fairness gate,
 the audit report (JSON + HTML) and the model card.
 
-Everything is computed from the Evaluator's TFMA metrics (accuracy and example
-count per slice); this module adds 95% Wilson intervals, gaps to overall and
+Everything is computed from the Evaluator's TFMA output (accuracy, example
+count, top-1 calibration plot and Fairness Indicators per slice); this module
+adds 95% Wilson intervals, gaps to overall, the expected calibration error and
 the fairness decision: on every annotation slice (and, if configured, every
 image-proxy band) with at least `fairness_min_examples` examples, accuracy may
 trail overall accuracy by at most `fairness_max_gap`.
@@ -16,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from pipeline import features
 from pipeline.config import EvaluationConfig
-from pipeline.evaluation import ACCURACY, PROXY_SLICE_KEYS
+from pipeline.evaluation import ACCURACY, FAIRNESS_THRESHOLD, PROXY_SLICE_KEYS
 
 AUDIT_JSON = "audit_report.json"
 AUDIT_HTML = "audit_report.html"
@@ -48,9 +49,28 @@ def slice_kind(feature: str, annotation_columns: Optional[Sequence[str]] = None)
     return "annotation" if annotation_columns is None or feature in annotation_columns else "other"
 
 
-def slice_rows(metrics: Dict[str, Dict[str, float]], annotation_columns: Sequence[str]) -> List[Dict]:
-    """One row per slice: kind, example count, accuracy with its 95% interval, gap to overall."""
+FAIRNESS_RATES = {"fnr": "false_negative_rate", "fpr": "false_positive_rate"}
+
+
+def fairness_indicator_rates(values: Dict[str, float], classes: Sequence[str]) -> Dict[str, Dict]:
+    """{'fnr': {class: rate}, 'fpr': {...}} at threshold 0.5 from Fairness Indicators'
+    metrics of one slice (empty when it did not run)."""
+    rates = {}
+    for short, name in FAIRNESS_RATES.items():
+        found = {c: values.get(f"fairness_indicators_metrics/{name}@{FAIRNESS_THRESHOLD}/{c}")
+                 for c in classes}
+        if any(v is not None for v in found.values()):
+            rates[short] = found
+    return rates
+
+
+def slice_rows(metrics: Dict[str, Dict[str, float]], annotation_columns: Sequence[str],
+               calibration: Optional[Dict[str, Dict]] = None,
+               classes: Sequence[str] = ()) -> List[Dict]:
+    """One row per slice: kind, example count, accuracy with its 95% interval, gap to overall,
+    macro F1, expected calibration error and Fairness Indicators' per-class error rates."""
     overall = metrics.get("overall", {}).get(ACCURACY)
+    calibration = calibration or {}
     rows = []
     for name, values in metrics.items():
         feature, _, value = name.partition("=") if name != "overall" else ("", "", "")
@@ -63,6 +83,8 @@ def slice_rows(metrics: Dict[str, Dict[str, float]], annotation_columns: Sequenc
             "accuracy": accuracy, "ci95": [round(low, 4), round(high, 4)],
             "gap_to_overall": None if accuracy is None or overall is None else round(overall - accuracy, 4),
             "macro_f1": values.get("macro_f1_score"),
+            "ece": calibration.get(name, {}).get("ece"),
+            "fairness_indicators": fairness_indicator_rates(values, classes),
         })
     order = {"overall": 0, "annotation": 1, "image proxy": 2, "emotion": 3, "other": 4}
     return sorted(rows, key=lambda r: (order[r["kind"]], r["feature"], r["value"]))
@@ -84,8 +106,8 @@ def fairness_failures(rows: List[Dict], gates: EvaluationConfig) -> List[str]:
 
 def build_report(*, pipeline: str, classes: Sequence[str], metrics: Dict, evaluator: Dict,
                  evaluator_blessed: bool, gates: EvaluationConfig, annotation_columns: Sequence[str],
-                 lineage: Dict, data: Dict) -> Dict:
-    rows = slice_rows(metrics, annotation_columns)
+                 lineage: Dict, data: Dict, calibration: Optional[Dict[str, Dict]] = None) -> Dict:
+    rows = slice_rows(metrics, annotation_columns, calibration, classes)
     fairness = fairness_failures(rows, gates)
     gate_list = [
         {"kind": "evaluator", "gate": "accuracy floor and no regression (Evaluator, TFMA)",
@@ -103,6 +125,8 @@ def build_report(*, pipeline: str, classes: Sequence[str], metrics: Dict, evalua
                        "fairness_min_examples": gates.fairness_min_examples,
                        "fairness_proxy_slices": gates.fairness_proxy_slices},
         "annotation_columns": list(annotation_columns), "proxy_note": PROXY_NOTE,
+        "reliability": (calibration or {}).get("overall", {}).get("bins", []),
+        "fairness_indicators_threshold": FAIRNESS_THRESHOLD,
     }
 
 
@@ -132,14 +156,16 @@ def render_html(report: Dict) -> str:
     out.append(f"<p><small>{_e(report['proxy_note'])}. Intervals: 95% Wilson score intervals of "
                "accuracy. Gap: overall accuracy minus the slice's.</small></p>")
     out.append("<table><tr><th>slice</th><th>kind</th><th>examples</th><th>accuracy</th>"
-               "<th>95% CI</th><th>gap to overall</th><th>macro F1</th></tr>")
+               "<th>95% CI</th><th>gap to overall</th><th>macro F1</th><th>ECE</th></tr>")
     for row in report["slices"]:
         out.append(f"<tr><td>{_e(row['slice'])}</td><td>{_e(row['kind'])}</td>"
                    f"<td class=num>{row['examples']}</td><td class=num>{_fmt(row['accuracy'])}</td>"
                    f"<td class=num>{row['ci95'][0]:.3f}-{row['ci95'][1]:.3f}</td>"
                    f"<td class=num>{_fmt(row['gap_to_overall'])}</td>"
-                   f"<td class=num>{_fmt(row['macro_f1'])}</td></tr>")
-    out.append("</table><h2>Data and lineage</h2><table>")
+                   f"<td class=num>{_fmt(row['macro_f1'])}</td><td class=num>{_fmt(row['ece'])}</td></tr>")
+    out.append("</table>")
+    out += _calibration_html(report) + _fairness_indicators_html(report)
+    out.append("<h2>Data and lineage</h2><table>")
     for key, value in [*report["data"].items(), *report["lineage"].items()]:
         out.append(f"<tr><td>{_e(key)}</td><td>{_e(value)}</td></tr>")
     out.append("</table><h2>Thresholds</h2><table>")
@@ -147,6 +173,39 @@ def render_html(report: Dict) -> str:
         out.append(f"<tr><td>{_e(key)}</td><td>{_e(value)}</td></tr>")
     out.append("</table></body></html>")
     return "\n".join(out)
+
+
+def _calibration_html(report: Dict) -> List[str]:
+    out = ["<h2>Calibration</h2><p><small>Reliability of the top-1 prediction on the whole eval split "
+           "(TFMA CalibrationPlot): per confidence bin, how often the most probable emotion was right. "
+           "ECE (expected calibration error) = sum over bins of (bin share) x |accuracy - confidence|; "
+           "0 is perfectly calibrated.</small></p>"]
+    if not report.get("reliability"):
+        return out + ["<p>No calibration plot in the evaluation.</p>"]
+    out.append("<table><tr><th>confidence bin</th><th>examples</th><th>mean confidence</th>"
+               "<th>accuracy</th></tr>")
+    for b in report["reliability"]:
+        out.append(f"<tr><td>{b['low']:.1f}-{b['high']:.1f}</td><td class=num>{b['examples']}</td>"
+                   f"<td class=num>{b['confidence']:.3f}</td><td class=num>{b['accuracy']:.3f}</td></tr>")
+    return out + ["</table>"]
+
+
+def _fairness_indicators_html(report: Dict) -> List[str]:
+    rows = [r for r in report["slices"] if r["kind"] in ("overall", "annotation", "image proxy")
+            and r["fairness_indicators"]]
+    out = [f"<h2>Fairness Indicators</h2><p><small>Per emotion, false negative rate / false positive "
+           f"rate at threshold {report['fairness_indicators_threshold']} (one-vs-rest), for the overall "
+           "data, every annotation slice and every image-proxy band.</small></p>"]
+    if not rows:
+        return out + ["<p>Fairness Indicators did not run (install fairness-indicators).</p>"]
+    classes = report["classes"]
+    out.append("<table><tr><th>slice</th>" + "".join(f"<th>{_e(c)}</th>" for c in classes) + "</tr>")
+    for row in rows:
+        rates = row["fairness_indicators"]
+        cells = "".join(f"<td class=num>{_fmt(rates.get('fnr', {}).get(c), 2)} / "
+                        f"{_fmt(rates.get('fpr', {}).get(c), 2)}</td>" for c in classes)
+        out.append(f"<tr><td>{_e(row['slice'])}</td>{cells}</tr>")
+    return out + ["</table>"]
 
 
 def model_card(report: Dict) -> str:
@@ -185,12 +244,16 @@ def model_card(report: Dict) -> str:
         f"Gates: " + "; ".join(f"{g['gate']}: {'passed' if g['passed'] else 'FAILED'}"
                                for g in report["gates"]) + ".",
         f"Blessed for serving: {'yes' if report['blessed'] else 'no'}.", "",
-        "| slice | kind | examples | accuracy | 95% CI | gap to overall |",
-        "|---|---|---|---|---|---|",
+        (f"Calibration: expected calibration error of the top-1 prediction {overall['ece']:.4f} "
+         "(0 = confidences match accuracy; see the audit report's reliability table)."
+         if overall and overall.get("ece") is not None else "Calibration: not measured."), "",
+        "| slice | kind | examples | accuracy | 95% CI | gap to overall | ECE |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in report["slices"]:
         lines.append(f"| {row['slice']} | {row['kind']} | {row['examples']} | {_fmt(row['accuracy'])} | "
-                     f"{row['ci95'][0]:.3f}-{row['ci95'][1]:.3f} | {_fmt(row['gap_to_overall'])} |")
+                     f"{row['ci95'][0]:.3f}-{row['ci95'][1]:.3f} | {_fmt(row['gap_to_overall'])} | "
+                     f"{_fmt(row.get('ece'))} |")
     lines += [
         "", f"Note: {report['proxy_note']}.", "",
         "## Privacy",

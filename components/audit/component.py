@@ -16,12 +16,19 @@ from tfx.v1.dsl.components import InputArtifact, OutputArtifact, Parameter, comp
 
 from components.audit import audit
 from pipeline.config import EvaluationConfig
-from pipeline.evaluation import evaluation_metrics, validation_failures
+from pipeline.evaluation import calibration, evaluation_metrics, validation_failures
 
 
 class AuditReport(types.Artifact):
     """audit_report.json/.html and model_card.md of one evaluated model."""
     TYPE_NAME = "fer2013.AuditReport"  # <namespace>.<Name>, as KFP v2 requires
+
+
+class AuditBlessing(standard_artifacts.ModelBlessing):
+    """The AuditGate's verdict again, as a type of its own: the regression-baseline resolver
+    reads only these, so a model the Evaluator blessed but the audit refused never becomes
+    the baseline (a plain ModelBlessing channel would also match the Evaluator's)."""
+    TYPE_NAME = "fer2013.AuditBlessing"
 
 
 def _write(directory: str, name: str, text: str) -> None:
@@ -36,11 +43,13 @@ def AuditGate(
         model: InputArtifact[standard_artifacts.Model],
         examples: InputArtifact[standard_artifacts.Examples],
         audit_blessing: OutputArtifact[standard_artifacts.ModelBlessing],
+        baseline_blessing: OutputArtifact[AuditBlessing],
         audit_report: OutputArtifact[AuditReport],
         gates: Parameter[str],
         classes: Parameter[str],
         pipeline: Parameter[str],
         annotation_columns: Parameter[str] = "",
+        baseline_model: InputArtifact[standard_artifacts.Model] = None,
 ) -> None:
     config = EvaluationConfig.from_json(gates)
     class_names = classes.split(",")
@@ -51,11 +60,15 @@ def AuditGate(
         pipeline=pipeline, classes=class_names,
         metrics=evaluation_metrics(evaluation.uri, class_names),
         evaluator=validation_failures(evaluation.uri),
+        calibration=calibration(evaluation.uri),
         evaluator_blessed=blessing.get_int_custom_property("blessed") == 1,
         gates=config, annotation_columns=columns,
         lineage={"model_artifact_id": model.id, "examples_artifact_id": examples.id,
                  "evaluation_artifact_id": evaluation.id, "evaluator_blessing_id": blessing.id,
-                 "model_uri": model.uri},
+                 "model_uri": model.uri,
+                 # What the no-regression gate compared against (none on a first run).
+                 "baseline_model_artifact_id": baseline_model.id if baseline_model else None,
+                 "baseline_model_uri": baseline_model.uri if baseline_model else None},
         data={"span": examples.span, "input_fingerprint_sha256":
               hashlib.sha256(fingerprint.encode()).hexdigest() if fingerprint else "unknown",
               "examples_uri": examples.uri})
@@ -65,8 +78,9 @@ def AuditGate(
     reasons = [w for gate in report["gates"] for w in gate["why"]]
     # The same custom properties the Evaluator sets, so the blessed-model resolver and the
     # Pusher read this blessing exactly like the Evaluator's.
-    audit_blessing.set_int_custom_property("blessed", int(report["blessed"]))
-    audit_blessing.set_string_custom_property("current_model", model.uri)
-    audit_blessing.set_int_custom_property("current_model_id", model.id)
-    audit_blessing.set_string_custom_property("blessing_message", "; ".join(reasons) or "all gates passed")
+    for verdict in (audit_blessing, baseline_blessing):
+        verdict.set_int_custom_property("blessed", int(report["blessed"]))
+        verdict.set_string_custom_property("current_model", model.uri)
+        verdict.set_int_custom_property("current_model_id", model.id)
+        verdict.set_string_custom_property("blessing_message", "; ".join(reasons) or "all gates passed")
     audit_report.set_int_custom_property("blessed", int(report["blessed"]))
