@@ -14,6 +14,7 @@ component failed, 2 bad arguments or unusable data, 3 data validation
 blocked the run before Transform (the summary and data report say why).
 """
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -78,6 +79,26 @@ def _parser() -> argparse.ArgumentParser:
                         "slice may be (default 0.10; smoke profile 1.0)")
     p.add_argument("--imbalance", choices=config.IMBALANCE_STRATEGIES,
                    help="the trainer's response to class imbalance (default: class_weight)")
+    p.add_argument("--training-config",
+                   help="YAML or JSON file overriding the training recipe (keys of "
+                        "pipeline.config.TrainingConfig); the flags below override it in turn")
+    p.add_argument("--optimizer", choices=config.OPTIMIZERS, help="default: nadam")
+    p.add_argument("--learning-rate", type=float, help="default: 0.001")
+    p.add_argument("--batch-size", type=int, help="per replica; default: 32")
+    p.add_argument("--label-smoothing", type=float, help="default: 0")
+    p.add_argument("--pretrained-weights", metavar="H5",
+                   help="ImageNet weights for vgg16/resnet50 (default: the Keras cache if it has "
+                        "them, else random initialisation)")
+    p.add_argument("--checkpoint-dir",
+                   help="a stable checkpoint directory: a re-run after an interruption resumes "
+                        "from the last finished epoch")
+    p.add_argument("--warm-start", metavar="WEIGHTS_H5",
+                   help="start from weights trained elsewhere (the standalone GPU trainer); "
+                        "with --epochs 0 they are only exported")
+    p.add_argument("--tune", action="store_true",
+                   help="run the TFX Tuner (batch size, learning rate, optimizer) before training")
+    p.add_argument("--tuning-config",
+                   help="YAML or JSON file with keys of pipeline.config.TuningConfig (implies --tune)")
 
     f = sub.add_parser("predict", help="the emotions of the faces in photos (OpenCV face "
                                        "detection, then the model in process or on TF Serving)")
@@ -143,44 +164,76 @@ def _settings(args: argparse.Namespace):
     from pipeline import features, run
 
     classes = features.validate_classes(args.classes.split(",")) if args.classes else features.EMOTIONS
+    from pipeline.config import TrainingConfig, TuningConfig, ValidationConfig
+
     validate_only = args.command == "validate"
-    if not validate_only and args.epochs is not None and args.epochs < 1:
-        raise ValueError("--epochs must be at least 1")
+    if not validate_only and args.epochs is not None and args.epochs < (0 if args.warm_start else 1):
+        raise ValueError("--epochs must be at least 1 (0 only with --warm-start)")
     if args.workers < 0:
         raise ValueError("--workers must be >= 0")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise ValueError(f"--output is a file, not a directory: {args.output}")
     return run.RunSettings(
         data=args.data, output=args.output, profile=args.profile, runner=args.runner,
-        classes=classes, validation=_validation_config(args.validation_config),
+        classes=classes,
+        validation=_config_file(args.validation_config, ValidationConfig, "--validation-config"),
         annotations=args.annotations,
         direct_mode=args.direct_mode, workers=args.workers, enable_cache=not args.no_cache,
         validate_only=validate_only,
         **({} if validate_only else dict(model=args.model, epochs=args.epochs,
                                          min_accuracy=args.min_accuracy, imbalance=args.imbalance,
-                                         fairness_max_gap=args.fairness_max_gap)))
+                                         fairness_max_gap=args.fairness_max_gap,
+                                         training_overrides=_training_overrides(args),
+                                         tuning=_tuning(args, TuningConfig))))
 
 
-def _validation_config(path: Optional[str]):
-    from pipeline.config import ValidationConfig
+def _training_overrides(args: argparse.Namespace) -> tuple:
+    """TrainingConfig fields to override: the --training-config file, then the flags."""
+    from pipeline.config import TrainingConfig
 
+    values = dict(_config_values(args.training_config, "--training-config"))
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainingConfig)})
+    if unknown:
+        raise ValueError(f"--training-config {args.training_config}: unknown key(s) {unknown}")
+    for key in ("optimizer", "learning_rate", "batch_size", "label_smoothing", "pretrained_weights",
+                "checkpoint_dir", "warm_start"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    for key in ("pretrained_weights", "checkpoint_dir", "warm_start"):
+        if values.get(key):
+            values[key] = os.path.abspath(values[key])
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in values.items()))
+
+
+def _tuning(args: argparse.Namespace, cls):
+    if not (args.tune or args.tuning_config):
+        return cls()
+    return dataclasses.replace(_config_file(args.tuning_config, cls, "--tuning-config"), enabled=True)
+
+
+def _config_file(path: Optional[str], cls, flag: str):
+    """`cls` (a config dataclass) from a YAML/JSON file of its keys; defaults without one."""
+    try:
+        return cls.from_dict(_config_values(path, flag))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{flag} {path}: {e}") from None
+
+
+def _config_values(path: Optional[str], flag: str) -> dict:
     if not path:
-        return ValidationConfig()
+        return {}
     import yaml
 
     try:
         with open(path) as f:
             values = yaml.safe_load(f) or {}
     except OSError as e:
-        raise ValueError(f"--validation-config: cannot read {path}: {e.strerror}") from None
+        raise ValueError(f"{flag}: cannot read {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"--validation-config: {path} is not valid YAML/JSON: {e}") from None
+        raise ValueError(f"{flag}: {path} is not valid YAML/JSON: {e}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"--validation-config: {path} must hold a mapping of settings")
-    try:
-        return ValidationConfig.from_dict(values)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"--validation-config {path}: {e}") from None
+        raise ValueError(f"{flag}: {path} must hold a mapping of settings")
+    return values
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -13,6 +13,7 @@ from pipeline import features
 
 PROFILES = ("smoke", "full")
 IMBALANCE_STRATEGIES = ("class_weight", "oversample", "none")
+OPTIMIZERS = ("nadam", "adam", "adamw", "sgd", "rmsprop")
 ACTIONS = ("warn", "block")
 
 
@@ -88,17 +89,60 @@ class TrainingConfig(_DictMixin):
     # class counts of the training data), 'oversample' (every class drawn equally
     # often) or 'none'.
     imbalance: str = "class_weight"
+    optimizer: str = "nadam"          # nadam (the seed's), adam, adamw, sgd (Nesterov), rmsprop
+    momentum: float = 0.9             # sgd and rmsprop
+    weight_decay: float = 0.0         # adamw (0 means its default 1e-4)
+    label_smoothing: float = 0.0
+    # Transfer models (vgg16, resnet50): ImageNet weights file ('' = the Keras cache if it
+    # has them, else random init); with weights, `freeze_epochs` train the head on the
+    # frozen base, then the top block is unfrozen at learning_rate * fine_tune_lr_factor.
+    pretrained_weights: str = ""
+    freeze_epochs: int = 5
+    fine_tune_lr_factor: float = 0.1
+    # Checkpoints: a stable directory makes an interrupted training resume from its last
+    # finished epoch ('' = a fresh directory under the Trainer's model_run_dir).
+    checkpoint_dir: str = ""
+    # Weights (.weights.h5) trained elsewhere, e.g. on a GPU with the standalone trainer,
+    # loaded before training; with epochs=0 the Trainer only exports them.
+    warm_start: str = ""
     seed: int = 42
 
     def __post_init__(self):
         features.validate_classes(self.classes)
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
+        if self.epochs < 0 or (self.epochs == 0 and not self.warm_start) or self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1 and epochs >= 1 (0 only with warm_start)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.learning_rate <= 0 or not 0 < self.fine_tune_lr_factor <= 1 or self.freeze_epochs < 0:
+            raise ValueError("learning_rate must be > 0, fine_tune_lr_factor in (0, 1], freeze_epochs >= 0")
         if self.imbalance not in IMBALANCE_STRATEGIES:
             raise ValueError(f"imbalance must be one of {', '.join(IMBALANCE_STRATEGIES)}, "
                              f"got {self.imbalance!r}")
         if not 0.0 < self.validation_fraction < 0.5:
             raise ValueError("validation_fraction must be in (0, 0.5)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TuningConfig(_DictMixin):
+    """The TFX Tuner (keras-tuner random search) before the Trainer; off by default.
+    The best batch size, learning rate and optimizer replace the TrainingConfig's."""
+    enabled: bool = False
+    max_trials: int = 6
+    epochs: int = 5                   # per trial
+    batch_sizes: Tuple[int, ...] = (32, 64, 128)
+    learning_rates: Tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    optimizers: Tuple[str, ...] = ("nadam", "adam", "sgd")
+
+    def __post_init__(self):
+        if self.max_trials < 1 or self.epochs < 1:
+            raise ValueError("tuning max_trials and epochs must be >= 1")
+        if not self.batch_sizes or not self.learning_rates or not self.optimizers:
+            raise ValueError("tuning needs at least one batch size, learning rate and optimizer")
+        unknown = sorted(set(self.optimizers) - set(OPTIMIZERS))
+        if unknown:
+            raise ValueError(f"unknown optimizer(s) {unknown}; choose from {', '.join(OPTIMIZERS)}")
 
 
 @dataclasses.dataclass(frozen=True)

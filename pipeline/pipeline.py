@@ -17,11 +17,12 @@ from components.data_validation.component import (
     BLOCKED_PROPERTY, CuratedSchemaGen, DataValidationGate, distribution_config)
 from components.example_gen.component import Fer2013ExampleGen
 from components.example_gen.fer2013 import SourceInfo
-from pipeline.config import EvaluationConfig, IngestConfig, TrainingConfig, ValidationConfig
+from pipeline.config import EvaluationConfig, IngestConfig, TrainingConfig, TuningConfig, ValidationConfig
 from pipeline.evaluation import make_eval_config
 
 PREPROCESSING_FN = "components.transform.preprocessing.preprocessing_fn"
 RUN_FN = "components.trainer.run.run_fn"
+TUNER_FN = "components.trainer.tuner.tuner_fn"
 AUDIT_GATE_ID = "AuditGate"
 
 
@@ -36,6 +37,7 @@ def create_pipeline(
     gates: EvaluationConfig,
     serving_model_dir: str,
     validation: ValidationConfig = ValidationConfig(),
+    tuning: TuningConfig = TuningConfig(),
     baseline_source: Optional[SourceInfo] = None,
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     beam_pipeline_args: Optional[List[str]] = None,
@@ -48,6 +50,7 @@ def create_pipeline(
     `source` is the data (the newest span); `baseline_source`, when given, the
     previous span that the new one is checked for drift against. `validate_only` ends
     the pipeline at the data-validation gate (check new data without training).
+    `tuning.enabled` puts a Tuner before the Trainer, whose best hyperparameters it uses.
     """
     classes = ",".join(training.classes)
     # Reads FER2013 (folder, CSV or zip), validates every record, reports the bad ones.
@@ -121,6 +124,16 @@ def create_pipeline(
             preprocessing_fn=PREPROCESSING_FN,
             splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train"]),
             custom_config={"classes": list(training.classes)})
+        # Optional: keras-tuner search over batch size, learning rate and optimizer.
+        tuner = None
+        if tuning.enabled:
+            tuner = tfx.components.Tuner(
+                tuner_fn=TUNER_FN,
+                examples=transform.outputs["transformed_examples"],
+                transform_graph=transform.outputs["transform_graph"],
+                train_args=tfx.proto.TrainArgs(splits=["train"]),
+                eval_args=tfx.proto.EvalArgs(splits=["train"]),
+                custom_config={"training": training.to_dict(), "tuning": tuning.to_dict()})
         # Trains on train (validation carved out of it) and exports both signatures.
         trainer = tfx.components.Trainer(
             run_fn=RUN_FN,
@@ -129,6 +142,7 @@ def create_pipeline(
             schema=schema_gen.outputs["schema"],
             train_args=tfx.proto.TrainArgs(splits=["train"]),
             eval_args=tfx.proto.EvalArgs(splits=["train"]),
+            hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
             custom_config=training.to_dict())
         # TFMA on the eval split (PublicTest): metrics per emotion, blessing gates.
         evaluator = tfx.components.Evaluator(
@@ -153,7 +167,7 @@ def create_pipeline(
             model_blessing=audit_gate.outputs["audit_blessing"],
             push_destination=tfx.proto.PushDestination(
                 filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
-    components += [transform, trainer, evaluator, audit_gate, pusher]
+    components += [transform, *([tuner] if tuner else []), trainer, evaluator, audit_gate, pusher]
 
     return _pipeline(pipeline_name, pipeline_root, components, enable_cache,
                      metadata_connection_config, beam_pipeline_args)

@@ -15,13 +15,14 @@ newest and checks it for drift against the one before.
 import dataclasses
 import os
 import time
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from tfx import v1 as tfx
 
 from components.example_gen import annotations, fer2013
 from pipeline import features, summary
-from pipeline.config import IngestConfig, ValidationConfig, profile_configs, serving_model_name
+from pipeline.config import (IngestConfig, TuningConfig, ValidationConfig, profile_configs,
+                             serving_model_name)
 from pipeline.pipeline import create_pipeline
 
 RUNNERS = ("local", "beam")
@@ -48,6 +49,9 @@ class RunSettings:
     annotations: Optional[str] = None  # CSV keyed by image_id: slices for the Evaluator
     fairness_max_gap: Optional[float] = None  # override the profile's fairness gate
     validation: ValidationConfig = ValidationConfig()
+    # TrainingConfig fields to override, as (name, value) pairs (--training-config and flags).
+    training_overrides: Tuple[Tuple[str, Any], ...] = ()
+    tuning: TuningConfig = TuningConfig()
     direct_mode: Optional[str] = None  # default: in_memory for local, multi_processing for beam
     workers: int = 0                   # Beam DirectRunner workers; 0 = one per CPU
     enable_cache: bool = True
@@ -77,12 +81,17 @@ def beam_args(settings: RunSettings) -> list:
 def build(settings: RunSettings, spans: fer2013.Spans) -> tfx.dsl.Pipeline:
     """The pipeline for `settings` on the data `spans` describes."""
     profile = profile_configs(settings.profile, settings.model, settings.classes,
-                              settings.epochs, settings.min_accuracy)
+                              min_accuracy=settings.min_accuracy)
     training, evaluation = profile.training, profile.evaluation
     if settings.fairness_max_gap is not None:
         evaluation = dataclasses.replace(evaluation, fairness_max_gap=settings.fairness_max_gap)
     if settings.imbalance:
         training = dataclasses.replace(training, imbalance=settings.imbalance)
+    overrides = dict(settings.training_overrides)
+    if settings.epochs is not None:
+        overrides["epochs"] = settings.epochs
+    if overrides:  # at once: epochs=0 is valid only together with warm_start
+        training = dataclasses.replace(training, **overrides)
     where = paths(settings.output, settings.model_name)
     annotation_settings = {}
     if settings.annotations:
@@ -100,6 +109,7 @@ def build(settings: RunSettings, spans: fer2013.Spans) -> tfx.dsl.Pipeline:
         training=training,
         gates=evaluation,
         validation=settings.validation,
+        tuning=settings.tuning,
         serving_model_dir=where["serving"],
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             where["metadata"]),

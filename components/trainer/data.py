@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from components.trainer.recipe import class_weights  # noqa: F401  (re-exported)
 from pipeline import features
 
 _BUCKETS = 1000
@@ -32,15 +33,6 @@ def _parsed(file_patterns: List[str], tf_transform_output: tft.TFTransformOutput
     return (tf.data.TFRecordDataset(files, compression_type="GZIP")
             .map(lambda record: tf.io.parse_single_example(record, spec),
                  num_parallel_calls=tf.data.AUTOTUNE))
-
-
-def class_weights(counts: Sequence[int]) -> Dict[int, float]:
-    """Balanced weights n / (k * n_c): each class then carries the same total weight.
-    A class without examples gets weight 1 (it contributes nothing either way)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    present = counts > 0
-    total, k = counts.sum(), int(present.sum())
-    return {c: float(total / (k * n)) if n > 0 else 1.0 for c, n in enumerate(counts)}
 
 
 def class_counts(examples: tf.data.Dataset, num_classes: int) -> np.ndarray:

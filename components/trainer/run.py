@@ -1,4 +1,5 @@
 """TFX Trainer entry point: `run_fn` only orchestrates (config -> data -> fit -> export)."""
+import dataclasses
 import json
 import os
 
@@ -7,13 +8,24 @@ import tensorflow_transform as tft
 from absl import logging
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from components.trainer import data, export, model as model_lib, training
+from components.trainer import data, export, model as model_lib, recipe, training
+from components.trainer.tuner import tuned_config
 from pipeline.config import TrainingConfig
+
+
+def load_warm_start(network: keras.Model, path: str) -> None:
+    """Loads weights trained elsewhere (the standalone trainer) into `network`."""
+    try:
+        network.load_weights(path)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        raise ValueError(f"warm_start: cannot load {path} into {network.name} with "
+                         f"{network.output_shape[-1]} classes (same --model and --classes as the "
+                         f"weights were trained with?): {error}") from error
 
 
 def run_fn(fn_args: FnArgs) -> None:
     """Trains the configured model on the train split and exports the serving SavedModel."""
-    config = TrainingConfig.from_dict(fn_args.custom_config)
+    config = tuned_config(TrainingConfig.from_dict(fn_args.custom_config), fn_args.hyperparameters)
     keras.utils.set_random_seed(config.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     strategy = training.distribution_strategy()
@@ -21,23 +33,32 @@ def run_fn(fn_args: FnArgs) -> None:
         fn_args.train_files, tf_transform_output, len(config.classes),
         config.batch_size * strategy.num_replicas_in_sync, config.validation_fraction, config.seed,
         imbalance=config.imbalance)
-    class_weight = data.class_weights(counts) if config.imbalance == "class_weight" else None
+    class_weight = recipe.class_weights(counts) if config.imbalance == "class_weight" else None
     logging.info("Training class counts %s; imbalance=%s; class weights %s",
                  dict(zip(config.classes, counts.tolist())), config.imbalance, class_weight)
     with strategy.scope():
-        network = model_lib.build(config.model, len(config.classes))
+        network = model_lib.build(config.model, len(config.classes), config.pretrained_weights)
+        if config.warm_start:
+            load_warm_start(network, config.warm_start)
         model = model_lib.with_augmentation(network, config.seed) if config.augment else network
-        model_lib.compile_model(model, config.learning_rate)
-    history = training.fit(model, train_ds, validation_ds, config, fn_args.model_run_dir,
-                           class_weight=class_weight)
+    history = {}
+    if config.epochs > 0:
+        history = recipe.fit(model, network, train_ds, validation_ds, config, fn_args.model_run_dir,
+                             checkpoint_dir=config.checkpoint_dir, class_weight=class_weight,
+                             scope=strategy.scope)
+        recipe.write_curves(history, os.path.join(fn_args.model_run_dir, recipe.CURVES_PNG),
+                            f"{config.model}, {len(config.classes)} classes")
     export.export_serving_model(network, tf_transform_output, config.classes,
                                 fn_args.serving_model_dir)
     with open(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
         json.dump(history, f, indent=1)
+    with open(os.path.join(fn_args.model_run_dir, "training_config.json"), "w") as f:
+        json.dump(dataclasses.asdict(config), f, indent=1)
     with open(os.path.join(fn_args.model_run_dir, "class_balance.json"), "w") as f:
         json.dump({"imbalance": config.imbalance,
                    "train_counts": dict(zip(config.classes, counts.tolist())),
                    "class_weights": None if class_weight is None else
                    {config.classes[c]: round(w, 4) for c, w in class_weight.items()}}, f, indent=1)
-    logging.info("Exported %s (%d classes) to %s", config.model, len(config.classes),
-                 fn_args.serving_model_dir)
+    logging.info("Exported %s (%d classes, %d parameters, %.2f GFLOPs per image) to %s",
+                 config.model, len(config.classes), network.count_params(),
+                 model_lib.flops_per_image(network) / 1e9, fn_args.serving_model_dir)

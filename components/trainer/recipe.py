@@ -1,0 +1,174 @@
+"""The training recipe in pure Keras 3 (no TensorFlow here): it drives the fit inside the
+TFX Trainer (TensorFlow backend) and in the standalone trainer (JAX backend).
+
+- EarlyStopping and ReduceLROnPlateau on validation accuracy, TensorBoard logs.
+- Checkpoints: `BackupAndRestore` after every epoch, so an interrupted fit started again
+  with the same `checkpoint_dir` resumes from its last finished epoch; the best weights
+  (by validation accuracy) in `best.weights.h5`; every epoch's metrics appended to
+  `history.csv`, which therefore covers interrupted and resumed fits alike.
+- Two-phase fine-tuning of transfer models built on ImageNet weights: the head on the
+  frozen base, then the top block unfrozen at a lower learning rate. A finished phase
+  leaves `<phase>.done.weights.h5` and is not repeated on resume.
+- Curves: accuracy and loss versus epoch as a PNG.
+"""
+import contextlib
+import csv
+import json
+import logging
+import os
+from typing import Callable, Dict, List, Optional, Sequence
+
+import keras
+import numpy as np
+
+from components.trainer import model as model_lib
+from pipeline.config import TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+HISTORY_CSV = "history.csv"
+BEST_WEIGHTS = "best.weights.h5"
+CURVES_PNG = "curves.png"
+_CONFIG_JSON = "config.json"
+
+
+def class_weights(counts: Sequence[int]) -> Dict[int, float]:
+    """Balanced weights n / (k * n_c): each class then carries the same total weight.
+    A class without examples gets weight 1 (it contributes nothing either way)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    total, k = counts.sum(), int(present.sum())
+    return {c: float(total / (k * n)) if n > 0 else 1.0 for c, n in enumerate(counts)}
+
+
+def callbacks(config: TrainingConfig, log_dir: str, checkpoint_dir: str,
+              phase: str) -> List[keras.callbacks.Callback]:
+    return [
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
+                                      patience=config.early_stopping_patience,
+                                      restore_best_weights=True, verbose=1),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max",
+                                          factor=config.reduce_lr_factor,
+                                          patience=config.reduce_lr_patience,
+                                          min_lr=1e-6, verbose=1),
+        keras.callbacks.ModelCheckpoint(os.path.join(checkpoint_dir, BEST_WEIGHTS),
+                                        monitor="val_accuracy", mode="max",
+                                        save_best_only=True, save_weights_only=True),
+        keras.callbacks.CSVLogger(os.path.join(checkpoint_dir, f"{phase}.{HISTORY_CSV}"), append=True),
+    ] + ([keras.callbacks.TensorBoard(log_dir=os.path.join(log_dir, "tensorboard", phase))]
+         # Keras writes TensorBoard logs with tf.summary: on the TensorFlow backend only
+         # (history.csv and the curves cover the JAX backend).
+         if keras.backend.backend() == "tensorflow" else []) + [
+        # Last, so that it saves after the others have updated their state.
+        keras.callbacks.BackupAndRestore(os.path.join(checkpoint_dir, f"{phase}.backup")),
+    ]
+
+
+def _claim(checkpoint_dir: str, config: TrainingConfig) -> None:
+    """Refuses to resume a checkpoint directory written with another configuration."""
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    path = os.path.join(checkpoint_dir, _CONFIG_JSON)
+    mine = json.loads(json.dumps(dict(config.to_dict(), checkpoint_dir="", epochs=None)))
+    if os.path.exists(path):
+        with open(path) as f:
+            theirs = json.load(f)
+        if theirs != mine:
+            changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise ValueError(f"checkpoint directory {checkpoint_dir} holds a training with another "
+                             f"configuration (differs in {', '.join(changed)}); use a new "
+                             "checkpoint_dir or delete it")
+    else:
+        with open(path, "w") as f:
+            json.dump(mine, f, indent=1, sort_keys=True)
+
+
+def phases(config: TrainingConfig, network: keras.Model) -> List[Dict]:
+    """[{name, epochs, learning_rate}]: one phase, or 'frozen' then 'fine_tune' for a
+    transfer model on ImageNet weights."""
+    if model_lib.fine_tuning(network) is None or config.freeze_epochs == 0:
+        return [{"name": "train", "epochs": config.epochs, "learning_rate": config.learning_rate}]
+    first = min(config.freeze_epochs, config.epochs)
+    return [{"name": "frozen", "epochs": first, "learning_rate": config.learning_rate},
+            {"name": "fine_tune", "epochs": config.epochs - first,
+             "learning_rate": config.learning_rate * config.fine_tune_lr_factor}]
+
+
+def read_history(checkpoint_dir: str, phase_names: Sequence[str]) -> Dict[str, List[float]]:
+    """Every epoch's metrics of the named phases, in order, from their history CSVs
+    (an epoch logged twice, by a fit and its resumption, counts once)."""
+    history: Dict[str, List[float]] = {"phase": []}
+    for name in phase_names:
+        path = os.path.join(checkpoint_dir, f"{name}.{HISTORY_CSV}")
+        if not os.path.exists(path):
+            continue
+        rows = {}
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                rows[int(row.pop("epoch"))] = row
+        for epoch in sorted(rows):
+            history["phase"].append(name)
+            for key, value in rows[epoch].items():
+                history.setdefault(key, []).append(float(value) if value not in ("", None) else float("nan"))
+    return history
+
+
+def fit(model: keras.Model, network: keras.Model, train, validation, config: TrainingConfig,
+        log_dir: str, checkpoint_dir: str = "", class_weight: Optional[Dict[int, float]] = None,
+        scope: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> Dict[str, List[float]]:
+    """Compiles and trains `model` (the training model around `network`) in place, phase by
+    phase; resumes from `checkpoint_dir` (default `<log_dir>/checkpoints`). Returns the
+    per-epoch history of all phases (with a 'phase' column). `scope` wraps compilation
+    (a distribution strategy's scope)."""
+    checkpoint_dir = checkpoint_dir or os.path.join(log_dir, "checkpoints")
+    _claim(checkpoint_dir, config)
+    plan = phases(config, network)
+    for phase in plan:
+        if phase["epochs"] <= 0:
+            continue
+        if phase["name"] == "fine_tune":
+            base, prefix = model_lib.fine_tuning(network)
+            unfrozen = model_lib.unfreeze_top(base, prefix)
+            logger.info("fine-tuning: %d layers of %s unfrozen at learning rate %g", unfrozen,
+                        base.name, phase["learning_rate"])
+        done = os.path.join(checkpoint_dir, f"{phase['name']}.done.weights.h5")
+        if os.path.exists(done):
+            logger.info("phase %s already finished in %s: its weights are loaded", phase["name"], done)
+            model.load_weights(done)
+            continue
+        with scope():
+            model_lib.compile_model(model, phase["learning_rate"], config.optimizer,
+                                    config.label_smoothing, config.momentum, config.weight_decay)
+        model.fit(train, validation_data=validation, epochs=phase["epochs"],
+                  callbacks=callbacks(config, log_dir, checkpoint_dir, phase["name"]) + list(extra_callbacks),
+                  class_weight=class_weight, verbose=2)
+        model.save_weights(done)
+    return read_history(checkpoint_dir, [p["name"] for p in plan])
+
+
+def write_curves(history: Dict[str, List[float]], path: str, title: str = "") -> None:
+    """Accuracy and loss versus epoch (train and validation) as a PNG; a dashed line marks
+    where fine-tuning began."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
+            if history.get(key):
+                ax.plot(epochs, history[key], marker="o", markersize=3, label=label)
+        if "fine_tune" in history.get("phase", []):
+            ax.axvline(history["phase"].index("fine_tune") + 0.5, linestyle="--", color="gray",
+                       label="fine-tuning starts")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,207 @@
+"""Trains a model outside TFX, on any Keras 3 backend: the GPU path.
+
+The GPU machine has JAX but no TensorFlow, so this module imports no TensorFlow: it
+reads a FER2013 image folder (train/<emotion>/*.jpg, test/<emotion>/*.jpg) with
+Pillow into NumPy, builds the same network as the Trainer (`model.build`), trains it
+with the same recipe (`recipe.fit`: augmentation, class weights, Nadam, EarlyStopping
+and ReduceLROnPlateau on validation accuracy, checkpoints and resume, curves) and saves
+
+    OUT/<model>.weights.h5   the network's weights
+    OUT/result.json          classes, recipe, history, test accuracy, per-class recall, timings
+    OUT/curves.png           accuracy and loss versus epoch
+
+The Trainer then starts from those weights and exports them as the pipeline's
+SavedModel (`fer-pipeline run ... --warm-start OUT/<model>.weights.h5 --epochs 0`).
+
+    KERAS_BACKEND=jax python -m components.trainer.standalone --data DIR --model vggnet \
+        --epochs 100 --output OUT
+
+Validation data is carved from train/ by a hash of the file name (the same fraction as
+the Trainer's, a different hash); test/ (PublicTest) is only evaluated, never trained on.
+"""
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import keras
+import numpy as np
+from PIL import Image
+
+from components.trainer import model as model_lib, recipe
+from pipeline import features
+from pipeline.config import OPTIMIZERS, TrainingConfig
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+RESULT_JSON = "result.json"
+
+
+def load_split(root: str, split: str, classes: Sequence[str],
+               per_class: int = 0) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """(pixels [N, 48, 48, 1] float32 in [0, 1], class ids [N], image ids) of
+    root/split/<emotion>/ for the given classes; at most `per_class` images per class
+    (sorted by name) when > 0. Unreadable or wrongly sized images raise, naming the file."""
+    images, labels, ids = [], [], []
+    for class_id, emotion in enumerate(classes):
+        folder = os.path.join(root, split, emotion)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{folder}: no such folder (expected {split}/<emotion>/ images)")
+        names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES))
+        for name in names[:per_class or None]:
+            path = os.path.join(folder, name)
+            try:
+                with Image.open(path) as image:
+                    array = np.asarray(image.convert("L"), dtype=np.float32)
+            except OSError as error:
+                raise ValueError(f"{path}: not a readable image ({error})") from None
+            if array.shape != (features.IMAGE_SIZE, features.IMAGE_SIZE):
+                raise ValueError(f"{path}: {array.shape[1]}x{array.shape[0]} pixels, expected "
+                                 f"{features.IMAGE_SIZE}x{features.IMAGE_SIZE}")
+            images.append(array / 255.0)
+            labels.append(class_id)
+            ids.append(f"{os.path.splitext(name)[0]}-{emotion}")
+    if not images:
+        raise ValueError(f"{os.path.join(root, split)}: no images of {', '.join(classes)}")
+    return np.stack(images)[..., None], np.asarray(labels, np.int64), ids
+
+
+def is_validation(image_ids: Sequence[str], fraction: float) -> np.ndarray:
+    """Deterministic carve-out: the ids whose MD5 falls in the first `fraction` of 1000 buckets."""
+    buckets = [int(hashlib.md5(i.encode()).hexdigest()[:8], 16) % 1000 for i in image_ids]
+    return np.asarray(buckets) < int(round(fraction * 1000))
+
+
+def evaluate(network: keras.Model, x: np.ndarray, y: np.ndarray, classes: Sequence[str],
+             flip: bool = False) -> Dict:
+    """Accuracy, macro-F1 and per-class recall/precision/F1 (optionally averaging the
+    prediction of the image and its horizontal mirror: test-time augmentation)."""
+    probabilities = network.predict(x, batch_size=256, verbose=0)
+    if flip:
+        probabilities = (probabilities + network.predict(x[:, :, ::-1], batch_size=256, verbose=0)) / 2
+    predicted = probabilities.argmax(axis=1)
+    per_class = {}
+    for c, name in enumerate(classes):
+        tp = int(np.sum((predicted == c) & (y == c)))
+        recall = tp / max(int(np.sum(y == c)), 1)
+        precision = tp / max(int(np.sum(predicted == c)), 1)
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4)}
+    return {"accuracy": round(float(np.mean(predicted == y)), 4),
+            "macro_f1": round(float(np.mean([v["f1"] for v in per_class.values()])), 4),
+            "examples": int(len(y)), "per_class": per_class}
+
+
+def train(data: str, output: str, config: TrainingConfig, per_class: int = 0) -> Dict:
+    """Trains `config.model` on data/train, evaluates on data/test; writes the weights,
+    result.json and curves.png into `output`; returns the result."""
+    os.makedirs(output, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    classes = list(config.classes)
+    x, y, ids = load_split(data, "train", classes, per_class)
+    held_out = is_validation(ids, config.validation_fraction)
+    x_test, y_test, _ = load_split(data, "test", classes, per_class)
+    counts = np.bincount(y[~held_out], minlength=len(classes))
+    network = model_lib.build(config.model, len(classes), config.pretrained_weights)
+    if config.warm_start:
+        network.load_weights(config.warm_start)
+    model = model_lib.with_augmentation(network, config.seed) if config.augment else network
+    one_hot = np.eye(len(classes), dtype=np.float32)
+    started = time.time()
+    history = recipe.fit(
+        model, network, _batches(x[~held_out], one_hot[y[~held_out]], config.batch_size, config.seed),
+        (x[held_out], one_hot[y[held_out]]), config, output,
+        checkpoint_dir=config.checkpoint_dir or os.path.join(output, "checkpoints"),
+        class_weight=recipe.class_weights(counts) if config.imbalance == "class_weight" else None)
+    seconds = time.time() - started
+    weights = os.path.join(output, f"{config.model}.weights.h5")
+    network.save_weights(weights)
+    recipe.write_curves(history, os.path.join(output, recipe.CURVES_PNG),
+                        f"{config.model}, {len(classes)} classes")
+    result = {
+        "model": config.model, "classes": classes, "backend": keras.backend.backend(),
+        "weights": os.path.basename(weights), "parameters": int(network.count_params()),
+        "flops_per_image": int(model_lib.flops_per_image(network)),
+        "train_examples": int((~held_out).sum()), "validation_examples": int(held_out.sum()),
+        "train_class_counts": dict(zip(classes, counts.tolist())),
+        "epochs_run": len(history.get("loss", [])), "training_seconds": round(seconds, 1),
+        "seconds_per_epoch": round(seconds / max(len(history.get("loss", [])), 1), 1),
+        "best_validation_accuracy": max(history.get("val_accuracy", [0.0])),
+        "test": evaluate(network, x_test, y_test, classes),
+        "test_flip_tta": evaluate(network, x_test, y_test, classes, flip=True),
+        "recipe": dataclasses.asdict(config), "history": history,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    with open(os.path.join(output, RESULT_JSON), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> keras.utils.PyDataset:
+    return _Shuffled(x, y, batch_size, seed)
+
+
+class _Shuffled(keras.utils.PyDataset):
+    """Shuffled mini-batches of in-memory arrays, reshuffled every epoch."""
+
+    def __init__(self, x, y, batch_size, seed):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(x))
+
+    def __len__(self):
+        return int(np.ceil(len(self.x) / self.batch_size))
+
+    def __getitem__(self, index):
+        chosen = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        return self.x[chosen], self.y[chosen]
+
+    def on_epoch_end(self):
+        self.order = self.rng.permutation(len(self.x))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m components.trainer.standalone",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="FER2013 folder with train/ and test/")
+    parser.add_argument("--output", required=True, help="where weights and result.json go")
+    parser.add_argument("--model", choices=sorted(model_lib.BUILDERS), default="dcnn")
+    parser.add_argument("--classes", default=",".join(features.EMOTIONS))
+    parser.add_argument("--epochs", type=int, default=TrainingConfig.epochs)
+    parser.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=TrainingConfig.learning_rate)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainingConfig.optimizer)
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--imbalance", default=TrainingConfig.imbalance)
+    parser.add_argument("--patience", type=int, default=TrainingConfig.early_stopping_patience)
+    parser.add_argument("--pretrained-weights", default="")
+    parser.add_argument("--warm-start", default="")
+    parser.add_argument("--per-class", type=int, default=0, help="at most this many images per class")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        config = TrainingConfig(
+            model=args.model, classes=features.validate_classes(args.classes.split(",")),
+            epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+            optimizer=args.optimizer, label_smoothing=args.label_smoothing, imbalance=args.imbalance,
+            early_stopping_patience=args.patience,
+            reduce_lr_patience=max(1, args.patience // 2), pretrained_weights=args.pretrained_weights,
+            warm_start=args.warm_start)
+        result = train(args.data, args.output, config, args.per_class)
+    except (ValueError, FileNotFoundError) as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 2
+    print(json.dumps({k: result[k] for k in ("model", "backend", "epochs_run", "seconds_per_epoch",
+                                             "best_validation_accuracy")}
+                     | {"test_accuracy": result["test"]["accuracy"],
+                        "test_accuracy_flip_tta": result["test_flip_tta"]["accuracy"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

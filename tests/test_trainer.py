@@ -1,0 +1,204 @@
+"""The model factory and the recipe: every builder's shape and size, two-phase fine-tuning
+on (stand-in) ImageNet weights, checkpoints that resume an interrupted fit, the standalone
+trainer on JAX, warm-starting the pipeline from its weights, and vgg16/resnet50 subset
+runs through the pipeline (with the Tuner)."""
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.trainer import model as model_lib, recipe, standalone
+from pipeline import features
+from pipeline.config import TrainingConfig
+from tests.conftest import FER2013, run_smoke
+
+SUBSET = ("happy", "sad", "neutral")
+
+
+@pytest.mark.parametrize("name, params_7, params_3, gflops", [
+    ("dcnn", 2_395_591, 2_395_075, 0.991),
+    ("vggnet", 10_466_375, 10_462_275, 0.948),
+    ("vgg16", 14_847_815, 14_846_787, 1.410),      # 14,714,688 in the no-top VGG16 base
+    ("resnet50", 24_114_055, 24_113_027, 0.631),   # 23,587,712 in the no-top ResNet50 base
+])
+def test_every_builder_maps_a_face_to_class_probabilities(name, params_7, params_3, gflops):
+    faces = np.random.default_rng(0).random((2, 48, 48, 1)).astype("float32")
+    for classes, params in ((7, params_7), (3, params_3)):
+        network = model_lib.build(name, classes)
+        assert network.input_shape == (None, 48, 48, 1) and network.output_shape == (None, classes)
+        assert network.count_params() == params
+        np.testing.assert_allclose(network.predict(faces, verbose=0).sum(axis=1), 1.0, rtol=1e-5)
+    assert model_lib.flops_per_image(network) / 1e9 == pytest.approx(gflops, abs=1e-3)
+
+
+def test_missing_pretrained_weights_and_weights_for_a_scratch_model_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.h5"):
+        model_lib.build("vgg16", 3, pretrained=str(tmp_path / "nowhere.h5"))
+    with pytest.raises(ValueError, match="pretrained weights apply to vgg16, resnet50 only"):
+        model_lib.build("dcnn", 3, pretrained=str(tmp_path / "x.h5"))
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        TrainingConfig(optimizer="adagrad")
+
+
+def _faces(split: str, per_class: int):
+    x, y, _ = standalone.load_split(str(FER2013), split, SUBSET, per_class)
+    return x, np.eye(len(SUBSET), dtype="float32")[y]
+
+
+def test_vgg16_on_imagenet_weights_trains_its_head_then_fine_tunes_its_top_block(tmp_path):
+    if not (FER2013 / "train").is_dir():
+        pytest.skip("FER2013 not found")
+    # Stand-in "ImageNet" weights (there is no download here): a saved VGG16 base.
+    weights = str(tmp_path / "imagenet_vgg16.weights.h5")
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(48, 48, 3)).save_weights(weights)
+    network = model_lib.build("vgg16", 3, pretrained=weights)
+    base, prefix = model_lib.fine_tuning(network)
+    assert prefix == "block5_" and not base.trainable
+    config = TrainingConfig(model="vgg16", classes=SUBSET, epochs=2, freeze_epochs=1, batch_size=16,
+                            learning_rate=1e-3, fine_tune_lr_factor=0.1, imbalance="none")
+    assert [(p["name"], p["epochs"]) for p in recipe.phases(config, network)] == [("frozen", 1), ("fine_tune", 1)]
+    bottom, top = base.get_layer("block1_conv1"), base.get_layer("block5_conv3")
+    before = [bottom.get_weights()[0].copy(), top.get_weights()[0].copy()]
+    x, y = _faces("train", 16)
+    history = recipe.fit(network, network, tf.data.Dataset.from_tensor_slices((x, y)).batch(16),
+                         (x[::4], y[::4]), config, str(tmp_path / "run"))
+    assert history["phase"] == ["frozen", "fine_tune"]
+    np.testing.assert_array_equal(bottom.get_weights()[0], before[0])      # never unfrozen
+    assert not np.allclose(top.get_weights()[0], before[1])                # fine-tuned
+    assert float(network.optimizer.learning_rate) == pytest.approx(1e-4)  # the phase-2 rate
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, after_epoch: int):
+        super().__init__()
+        self.after_epoch = after_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.after_epoch:
+            raise KeyboardInterrupt("power cut")
+
+
+def test_an_interrupted_fit_resumes_from_its_last_finished_epoch(tmp_path):
+    if not (FER2013 / "train").is_dir():
+        pytest.skip("FER2013 not found")
+    x, y = _faces("train", 12)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(12)
+    config = TrainingConfig(model="dcnn", classes=SUBSET, epochs=4, early_stopping_patience=10,
+                            imbalance="none", checkpoint_dir=str(tmp_path / "ckpt"))
+
+    def attempt(*extra):
+        keras.utils.set_random_seed(1)
+        network = model_lib.build("dcnn", len(SUBSET))
+        return recipe.fit(network, network, data, (x, y), config, str(tmp_path / "run"),
+                          checkpoint_dir=config.checkpoint_dir, extra_callbacks=extra)
+
+    with pytest.raises(KeyboardInterrupt):
+        attempt(_Interrupt(after_epoch=1))  # dies after its second epoch
+    resumed = []
+    logger = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: resumed.append(epoch))
+    history = attempt(logger)
+    assert resumed == [2, 3]                # only the epochs the first attempt did not finish
+    assert len(history["loss"]) == 4 and history["phase"] == ["train"] * 4
+    # Another configuration must not silently continue this checkpoint.
+    with pytest.raises(ValueError, match="differs in .*learning_rate"):
+        recipe.fit(model_lib.build("dcnn", 3), model_lib.build("dcnn", 3), data, (x, y),
+                   TrainingConfig(model="dcnn", classes=SUBSET, learning_rate=0.1),
+                   str(tmp_path / "run"), checkpoint_dir=config.checkpoint_dir)
+
+
+def test_curves_are_written_as_png(tmp_path):
+    path = str(tmp_path / "curves.png")
+    recipe.write_curves({"loss": [1.2, 0.9, 0.8], "val_loss": [1.3, 1.0, 1.1], "accuracy": [.3, .5, .6],
+                         "val_accuracy": [.3, .45, .5], "phase": ["frozen", "fine_tune", "fine_tune"]}, path)
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+STANDALONE = """
+import json, runpy, sys
+
+class NoTensorFlow:  # as on the GPU machine: TensorFlow cannot be imported at all
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tf_keras"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+
+sys.meta_path.insert(0, NoTensorFlow())
+sys.argv = ["standalone"] + sys.argv[1:]
+try:
+    runpy.run_module("components.trainer.standalone", run_name="__main__")
+except SystemExit as e:
+    assert e.code == 0, e.code
+print(json.dumps({"tensorflow_imported": "tensorflow" in sys.modules}))
+"""
+
+
+def test_standalone_trainer_on_jax_and_the_pipeline_warm_started_from_its_weights(fer2013_root, tmp_path):
+    out = tmp_path / "gpu"
+    done = subprocess.run(
+        [sys.executable, "-c", STANDALONE, "--data", str(fer2013_root), "--output", str(out),
+         "--model", "dcnn", "--classes", ",".join(SUBSET), "--epochs", "1", "--per-class", "30"],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, KERAS_BACKEND="jax"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"tensorflow_imported": False}
+    result = json.loads((out / standalone.RESULT_JSON).read_text())
+    assert (result["backend"], result["classes"], result["epochs_run"]) == ("jax", list(SUBSET), 1)
+    assert result["test"]["examples"] == 90 and 0.0 <= result["test"]["accuracy"] <= 1.0
+    assert (out / recipe.CURVES_PNG).is_file()
+
+    # The pipeline exports those weights (0 epochs: nothing retrained) with its own signatures.
+    weights = str(out / result["weights"])
+    summary, _ = run_smoke(fer2013_root, tmp_path / "run", "--classes", ",".join(SUBSET),
+                           "--warm-start", weights, "--epochs", "0", "--min-accuracy", "0")
+    assert summary["pushed"]
+    served = tf.saved_model.load(summary["pushed_path"]).signatures[features.PREDICT_IMAGE_SIGNATURE]
+    paths = [p for e in SUBSET for p in sorted((fer2013_root / "test" / e).iterdir())[:3]]
+    got = served(**{features.IMAGES_INPUT: tf.constant([p.read_bytes() for p in paths])})
+    network = model_lib.build("dcnn", len(SUBSET))
+    network.load_weights(weights)
+    x = np.stack([standalone.load_split(str(fer2013_root), "test", [e], 3)[0] for e in SUBSET]).reshape(-1, 48, 48, 1)
+    np.testing.assert_allclose(got[features.PROBABILITIES_OUTPUT].numpy(), network.predict(x, verbose=0), atol=1e-4)
+    assert {l.decode() for l in got[features.LABEL_OUTPUT].numpy()} <= set(SUBSET)
+
+
+def test_vgg16_subset_with_the_tuner_and_resnet50_subset_run_through_the_pipeline(fer2013_root, tmp_path):
+    tuning = tmp_path / "tuning.yaml"
+    tuning.write_text("max_trials: 2\nepochs: 1\nbatch_sizes: [16, 32]\nlearning_rates: [0.001, 0.0003]\n"
+                      "optimizers: [adam, sgd]\n")
+    summary, stdout = run_smoke(fer2013_root, tmp_path / "vgg16", "--model", "vgg16", "--epochs", "1",
+                                "--classes", ",".join(SUBSET), "--tuning-config", str(tuning),
+                                "--min-accuracy", "0")
+    assert summary["components"]["Tuner"]["state"] == "COMPLETE"
+    [best] = _outputs(tmp_path / "vgg16", "Tuner", "best_hyperparameters")
+    from components.trainer.tuner import describe
+    values = describe(os.path.join(best, "best_hyperparameters.txt"))
+    assert values["batch_size"] in (16, 32) and values["optimizer"] in ("adam", "sgd")
+    [run_dir] = _outputs(tmp_path / "vgg16", "Trainer", "model_run")
+    used = json.load(open(os.path.join(run_dir, "training_config.json")))
+    assert {k: used[k] for k in ("batch_size", "learning_rate", "optimizer")} == {
+        k: values[k] for k in ("batch_size", "learning_rate", "optimizer")}
+    assert os.path.isfile(os.path.join(run_dir, recipe.CURVES_PNG))
+    _assert_subset_model(summary)
+
+    summary, _ = run_smoke(fer2013_root, tmp_path / "resnet50", "--model", "resnet50", "--epochs", "1",
+                           "--classes", ",".join(SUBSET), "--min-accuracy", "0")
+    assert "Tuner" not in summary["components"]
+    _assert_subset_model(summary)
+
+
+def _outputs(output, component: str, key: str):
+    import glob
+    return sorted(glob.glob(os.path.join(output, "tfx", component, key, "*")))
+
+
+def _assert_subset_model(summary):
+    assert summary["pushed"] and summary["pushed_path"].split(os.sep)[-2].endswith("-happy-sad-neutral")
+    served = tf.saved_model.load(summary["pushed_path"]).signatures[features.PREDICT_IMAGE_SIGNATURE]
+    face = sorted((FER2013 / "test" / "angry").iterdir())[0].read_bytes()  # an emotion it does not know
+    out = served(**{features.IMAGES_INPUT: tf.constant([face])})
+    assert out[features.PROBABILITIES_OUTPUT].shape == (1, 3)
+    assert out[features.LABEL_OUTPUT].numpy()[0].decode() in SUBSET
