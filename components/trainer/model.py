@@ -1,8 +1,8 @@
 """Model builders in pure Keras 3 (keras.layers only): they run on TensorFlow inside
 TFX and on JAX on a GPU machine outside it.
 
-Models: `dcnn` (the seed notebook's), `vggnet` (the strong one), `vgg16` and
-`resnet50` (keras.applications transfer models). Every builder takes
+Models: `dcnn` (the seed notebook's), `vggnet` (the strong one), `compact` (for
+CPU serving), `vgg16` and `resnet50` (keras.applications transfer models). Every builder takes
 `(input_shape, num_classes)` and returns an uncompiled
 `keras.Model` from a [48, 48, 1] float image in [0, 1] to class probabilities:
 the network that is exported for serving. `with_augmentation` wraps it in the
@@ -93,6 +93,40 @@ def build_vggnet(input_shape: Tuple[int, int, int] = INPUT_SHAPE, num_classes: i
         x = layers.Dense(1024, activation="relu", kernel_initializer="he_normal", name=f"dense_{i}")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="out_layer")(x)
     return keras.Model(inputs, outputs, name="vggnet")
+
+
+def build_compact(input_shape: Tuple[int, int, int] = INPUT_SHAPE, num_classes: int = 7,
+                  widths: Tuple[int, ...] = (16, 32, 64, 128)) -> keras.Model:
+    """The compact model for CPU serving, after mini-Xception (Arriaga et al., 2017): a
+    3x3 convolution stem, then residual modules of two depthwise-separable 3x3
+    convolutions and a strided max-pool (average pool and 1x1 convolution on the shortcut), then
+    a 3x3 convolution to one map per class, global average pooling and softmax."""
+    inputs = keras.Input(shape=input_shape, name=features.PIXELS_KEY)
+    x = inputs
+    for i in (1, 2):
+        x = layers.Conv2D(8, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
+                          name=f"stem_conv{i}")(x)
+        x = layers.BatchNormalization(name=f"stem_conv{i}_bn")(x)
+        x = layers.Activation("relu", name=f"stem_conv{i}_relu")(x)
+    for m, filters in enumerate(widths, start=1):
+        # ResNet-D shortcut (average pool, then 1x1 convolution): a strided 1x1 convolution
+        # here crashes TensorFlow 2.16's oneDNN CPU kernels in training (malloc corruption).
+        shortcut = layers.AveragePooling2D(2, padding="same", name=f"module{m}_shortcut_pool")(x)
+        shortcut = layers.Conv2D(filters, 1, use_bias=False, name=f"module{m}_shortcut")(shortcut)
+        shortcut = layers.BatchNormalization(name=f"module{m}_shortcut_bn")(shortcut)
+        for j in (1, 2):
+            x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False,
+                                       depthwise_initializer="he_normal",
+                                       pointwise_initializer="he_normal", name=f"module{m}_sep{j}")(x)
+            x = layers.BatchNormalization(name=f"module{m}_sep{j}_bn")(x)
+            if j == 1:
+                x = layers.Activation("relu", name=f"module{m}_sep{j}_relu")(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"module{m}_pool")(x)
+        x = layers.Add(name=f"module{m}_add")([x, shortcut])
+    x = layers.Conv2D(num_classes, 3, padding="same", name="class_maps")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = layers.Activation("softmax", name="out_layer")(x)
+    return keras.Model(inputs, outputs, name="compact")
 
 
 # ---------------------------------------------------------------------------
@@ -200,7 +234,8 @@ def unfreeze_top(base: keras.Model, prefix: str) -> int:
 
 
 BUILDERS: Dict[str, Callable[..., keras.Model]] = {
-    "dcnn": build_dcnn, "vggnet": build_vggnet, "vgg16": build_vgg16, "resnet50": build_resnet50}
+    "dcnn": build_dcnn, "vggnet": build_vggnet, "compact": build_compact,
+    "vgg16": build_vgg16, "resnet50": build_resnet50}
 
 
 def build(name: str, num_classes: int, pretrained: str = "") -> keras.Model:
@@ -249,6 +284,12 @@ def compile_model(model: keras.Model, learning_rate: float, optimizer_name: str 
 def _layer_flops(layer) -> int:
     if isinstance(layer, keras.Model):
         return sum(_layer_flops(inner) for inner in layer.layers)
+    if isinstance(layer, layers.SeparableConv2D):
+        out = layer.output.shape
+        kh, kw = layer.kernel_size
+        cin = layer.input.shape[-1]
+        return 2 * out[1] * out[2] * (kh * kw * cin * layer.depth_multiplier
+                                      + cin * layer.depth_multiplier * out[3])
     if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)):
         out = layer.output.shape  # (None, H, W, C)
         kh, kw = layer.kernel_size

@@ -1,0 +1,70 @@
+"""Training cost of every model on the machine that runs it: parameters, FLOPs per image,
+training throughput and the seconds one FER2013 epoch takes.
+
+    python -m components.trainer.benchmark --data /path/to/fer2013 [--models dcnn,vgg16] \\
+        [--steps 20] [--json out.json]
+
+Each model trains (augmentation, Nadam, the Trainer's recipe) on batches of real faces;
+after a warm-up, `--steps` steps are timed. One epoch = the train split minus the 10%
+validation carve-out (25,838 faces). Runs on any Keras backend (KERAS_BACKEND).
+"""
+import argparse
+import json
+import platform
+import time
+from typing import Dict, List, Optional
+
+import keras
+import numpy as np
+
+from components.trainer import model as model_lib, standalone
+from pipeline import features
+
+EPOCH_IMAGES = 25_838  # 28,709 FER2013 training faces minus the 10% carve-out
+
+
+def measure(name: str, x: np.ndarray, y: np.ndarray, batch_size: int, steps: int) -> Dict:
+    keras.utils.set_random_seed(0)
+    network = model_lib.build(name, y.shape[1])
+    model = model_lib.compile_model(model_lib.with_augmentation(network), 1e-3)
+    batches = [(x[i:i + batch_size], y[i:i + batch_size])
+               for i in range(0, len(x) - batch_size + 1, batch_size)]
+    for bx, by in batches[:2]:  # warm-up: tracing and compilation
+        model.train_on_batch(bx, by)
+    started = time.perf_counter()
+    for step in range(steps):
+        model.train_on_batch(*batches[step % len(batches)])
+    seconds = time.perf_counter() - started
+    images_per_second = steps * batch_size / seconds
+    return {"model": name, "parameters": int(network.count_params()),
+            "gflops_per_image": round(model_lib.flops_per_image(network) / 1e9, 3),
+            "train_images_per_second": round(images_per_second, 1),
+            "seconds_per_epoch": round(EPOCH_IMAGES / images_per_second),
+            "batch_size": batch_size, "timed_steps": steps}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="FER2013 folder with train/")
+    parser.add_argument("--models", default=",".join(model_lib.BUILDERS))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    x, labels, _ = standalone.load_split(args.data, "train", features.EMOTIONS, per_class=40)
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], np.eye(len(features.EMOTIONS), dtype="float32")[labels[order]]
+    results = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs",
+               "backend": keras.backend.backend(), "models": []}
+    for name in args.models.split(","):
+        row = measure(name, x, y, args.batch_size, args.steps)
+        results["models"].append(row)
+        print(json.dumps(row), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
