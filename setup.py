@@ -32,6 +32,7 @@ setup(
         "opencv-python-headless==4.11.0.86",
         "kfp==2.5.0",
     ],
-    extras_require={"test": ["pytest"]},
+    # JAX (CPU) runs the standalone trainer's test on the backend the GPU machine uses.
+    extras_require={"test": ["pytest", "jax[cpu]==0.4.30"]},
     entry_points={"console_scripts": ["fer-pipeline=pipeline.cli:main"]},
 )

@@ -20,7 +20,8 @@ from tfx import v1 as tfx
 
 from components.example_gen import fer2013
 from pipeline import features
-from pipeline.config import (IMBALANCE_STRATEGIES, IngestConfig, PROFILES, ValidationConfig,
+from pipeline.config import (IMBALANCE_STRATEGIES, IngestConfig, PROFILES, TrainingConfig,
+                             TuningConfig, ValidationConfig,
                              profile_configs, serving_model_name)
 from pipeline.pipeline import create_pipeline
 
@@ -86,6 +87,10 @@ class KubeflowConfig:
     annotation_columns: Tuple[str, ...] = ()  # ... and its columns (not read at compile time)
     validation: ValidationConfig = ValidationConfig()
     imbalance: Optional[str] = None
+    # TrainingConfig fields overriding the profile's recipe (optimizer, learning_rate,
+    # label_smoothing, warm_start, checkpoint_dir, ...), as (name, value) pairs.
+    training: Tuple[Tuple[str, Any], ...] = ()
+    tuning: TuningConfig = TuningConfig()
     schema_file: str = IMAGE_SCHEMA_FILE
     beam_pipeline_args: Tuple[str, ...] = ()
     trainer_gpu: GpuConfig = GpuConfig()
@@ -119,6 +124,18 @@ def load_config(path: str = DEFAULT_CONFIG, **overrides: Any) -> KubeflowConfig:
         values["validation"] = ValidationConfig.from_dict(values.get("validation") or {})
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{path}: validation: {e}") from None
+    try:
+        values["tuning"] = TuningConfig.from_dict(values.get("tuning") or {})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: tuning: {e}") from None
+    training = values.get("training") or {}
+    if not isinstance(training, dict):
+        raise ConfigError(f"{path}: training must be a mapping of TrainingConfig keys")
+    unknown = sorted(set(training) - {f.name for f in dataclasses.fields(TrainingConfig)} - {"model", "classes"})
+    if unknown or {"model", "classes"} & set(training):
+        raise ConfigError(f"{path}: training: unknown key(s) {', '.join(unknown or ['model/classes (top-level keys)'])}")
+    values["training"] = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                                      for k, v in training.items()))
     config = KubeflowConfig(**values)
     for key in ("pipeline_root", "data", "serving_dir"):
         _require_remote(key, getattr(config, key))
@@ -140,14 +157,20 @@ def load_config(path: str = DEFAULT_CONFIG, **overrides: Any) -> KubeflowConfig:
 
 def build(config: KubeflowConfig) -> tfx.dsl.Pipeline:
     """The pipeline of `create_pipeline`, with the Trainer's GPU resource request."""
-    profile = profile_configs(config.profile, config.model, config.classes, config.epochs,
-                              config.min_accuracy)
+    profile = profile_configs(config.profile, config.model, config.classes,
+                              min_accuracy=config.min_accuracy)
     source = fer2013.declared_source(config.layout, config.data.rstrip("/"), config.splits)
     baseline = (fer2013.declared_source(config.layout, config.baseline_data.rstrip("/"),
                                         config.splits) if config.baseline_data else None)
-    training = profile.training
+    overrides = dict(config.training)
     if config.imbalance:
-        training = dataclasses.replace(training, imbalance=config.imbalance)
+        overrides["imbalance"] = config.imbalance
+    if config.epochs is not None:
+        overrides["epochs"] = config.epochs
+    try:
+        training = dataclasses.replace(profile.training, **overrides)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"training: {e}") from None
     pipeline = create_pipeline(
         pipeline_name=config.name,
         pipeline_root=config.pipeline_root,
@@ -161,6 +184,7 @@ def build(config: KubeflowConfig) -> tfx.dsl.Pipeline:
         training=training,
         gates=profile.evaluation,
         validation=config.validation,
+        tuning=config.tuning,
         serving_model_dir=f"{config.serving_dir}/{config.name}",
         beam_pipeline_args=list(config.beam_pipeline_args))
     gpu = config.trainer_gpu

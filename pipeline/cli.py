@@ -173,6 +173,10 @@ def _settings(args: argparse.Namespace):
         raise ValueError("--workers must be >= 0")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise ValueError(f"--output is a file, not a directory: {args.output}")
+    overrides = () if validate_only else _training_overrides(args)
+    if not validate_only:  # the recipe is checked before any data is read
+        TrainingConfig(model=args.model, classes=classes, **dict(overrides),
+                       **({} if args.epochs is None else {"epochs": args.epochs}))
     return run.RunSettings(
         data=args.data, output=args.output, profile=args.profile, runner=args.runner,
         classes=classes,
@@ -183,7 +187,7 @@ def _settings(args: argparse.Namespace):
         **({} if validate_only else dict(model=args.model, epochs=args.epochs,
                                          min_accuracy=args.min_accuracy, imbalance=args.imbalance,
                                          fairness_max_gap=args.fairness_max_gap,
-                                         training_overrides=_training_overrides(args),
+                                         training_overrides=overrides,
                                          tuning=_tuning(args, TuningConfig))))
 
 

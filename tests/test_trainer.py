@@ -23,6 +23,7 @@ SUBSET = ("happy", "sad", "neutral")
 @pytest.mark.parametrize("name, params_7, params_3, gflops", [
     ("dcnn", 2_395_591, 2_395_075, 0.991),
     ("vggnet", 10_466_375, 10_462_275, 0.948),
+    ("compact", 58_423, 53_811, 0.0127),
     ("vgg16", 14_847_815, 14_846_787, 1.410),      # 14,714,688 in the no-top VGG16 base
     ("resnet50", 24_114_055, 24_113_027, 0.631),   # 23,587,712 in the no-top ResNet50 base
 ])
@@ -202,3 +203,26 @@ def _assert_subset_model(summary):
     out = served(**{features.IMAGES_INPUT: tf.constant([face])})
     assert out[features.PROBABILITIES_OUTPUT].shape == (1, 3)
     assert out[features.LABEL_OUTPUT].numpy()[0].decode() in SUBSET
+
+
+@pytest.mark.parametrize("extra, config_text, message", [
+    (["--epochs", "0"], None, "--epochs must be at least 1 (0 only with --warm-start)"),
+    (["--optimizer", "adagrad"], None, "invalid choice: 'adagrad'"),
+    (["--label-smoothing", "1.5"], None, "label_smoothing must be in [0, 1)"),
+    ([], "optimiser: sgd\n", "unknown key(s) ['optimiser']"),
+])
+def test_bad_training_settings_give_one_line_and_exit_2(extra, config_text, message, tmp_path, capsys,
+                                                        monkeypatch):
+    from pipeline import cli
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    args = ["run", "--data", "data", "--output", "out", *extra]
+    if config_text:
+        (tmp_path / "training.yaml").write_text(config_text)
+        args += ["--training-config", "training.yaml"]
+    try:
+        code = cli.main(args)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1

@@ -149,7 +149,11 @@ def fit(model: keras.Model, network: keras.Model, train, validation, config: Tra
 def write_curves(history: Dict[str, List[float]], path: str, title: str = "") -> None:
     """Accuracy and loss versus epoch (train and validation) as a PNG; a dashed line marks
     where fine-tuning began."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        logger.warning("matplotlib is not installed: no %s", path)
+        return
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     from matplotlib.ticker import MaxNLocator
