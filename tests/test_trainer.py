@@ -226,3 +226,11 @@ def test_bad_training_settings_give_one_line_and_exit_2(extra, config_text, mess
         code = e.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_distillation_targets_mix_labels_with_the_softened_teacher():
+    teacher = np.array([[0.8, 0.1, 0.1], [0.2, 0.2, 0.6]], dtype=np.float32)
+    targets = standalone.soft_targets(np.array([0, 1]), teacher, weight=0.5, temperature=1.0)
+    np.testing.assert_allclose(targets, [[0.9, 0.05, 0.05], [0.1, 0.6, 0.3]], atol=1e-6)
+    softer = standalone.soft_targets(np.array([0]), teacher[:1], weight=1.0, temperature=4.0)
+    assert softer[0, 0] < 0.8 and softer.sum() == pytest.approx(1.0)   # a higher temperature flattens

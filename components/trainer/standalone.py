@@ -16,6 +16,10 @@ SavedModel (`fer-pipeline run ... --warm-start OUT/<model>.weights.h5 --epochs 0
     KERAS_BACKEND=jax python -m components.trainer.standalone --data DIR --model vggnet \
         --epochs 100 --output OUT
 
+Distillation (e.g. the compact model from the strong one): `--teacher-model vggnet
+--teacher-weights OUT/vggnet.weights.h5` trains on a mix of the one-hot labels and the
+teacher's softened probabilities (`soft_targets`).
+
 Validation data is carved from train/ by a hash of the file name (the same fraction as
 the Trainer's, a different hash); test/ (PublicTest) is only evaluated, never trained on.
 """
@@ -25,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -96,9 +101,30 @@ def evaluate(network: keras.Model, x: np.ndarray, y: np.ndarray, classes: Sequen
             "examples": int(len(y)), "per_class": per_class}
 
 
-def train(data: str, output: str, config: TrainingConfig, per_class: int = 0) -> Dict:
-    """Trains `config.model` on data/train, evaluates on data/test; writes the weights,
-    result.json and curves.png into `output`; returns the result."""
+def soft_targets(labels: np.ndarray, teacher_probabilities: np.ndarray, weight: float,
+                 temperature: float) -> np.ndarray:
+    """Knowledge-distillation targets: (1 - weight) x one-hot + weight x the teacher's
+    probabilities softened by `temperature` (p^(1/T), renormalised)."""
+    softened = np.power(np.clip(teacher_probabilities, 1e-8, 1.0), 1.0 / temperature)
+    softened /= softened.sum(axis=1, keepdims=True)
+    one_hot = np.eye(teacher_probabilities.shape[1], dtype=np.float32)[labels]
+    return ((1.0 - weight) * one_hot + weight * softened).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """A trained model whose predictions the student learns from (distillation)."""
+    model: str
+    weights: str
+    weight: float = 0.7
+    temperature: float = 2.0
+
+
+def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
+          teacher: Optional[Teacher] = None) -> Dict:
+    """Trains `config.model` on data/train (distilled from `teacher` if given), evaluates
+    on data/test; writes the weights, result.json and curves.png into `output`; returns
+    the result."""
     os.makedirs(output, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     classes = list(config.classes)
@@ -111,9 +137,15 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0) ->
         network.load_weights(config.warm_start)
     model = model_lib.with_augmentation(network, config.seed) if config.augment else network
     one_hot = np.eye(len(classes), dtype=np.float32)
+    targets = one_hot[y[~held_out]]
+    if teacher:
+        teacher_network = model_lib.build(teacher.model, len(classes))
+        teacher_network.load_weights(teacher.weights)
+        targets = soft_targets(y[~held_out], teacher_network.predict(x[~held_out], batch_size=256, verbose=0),
+                               teacher.weight, teacher.temperature)
     started = time.time()
     history = recipe.fit(
-        model, network, _batches(x[~held_out], one_hot[y[~held_out]], config.batch_size, config.seed),
+        model, network, _batches(x[~held_out], targets, config.batch_size, config.seed),
         (x[held_out], one_hot[y[held_out]]), config, output,
         checkpoint_dir=config.checkpoint_dir or os.path.join(output, "checkpoints"),
         class_weight=recipe.class_weights(counts) if config.imbalance == "class_weight" else None)
@@ -134,11 +166,21 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0) ->
         "test": evaluate(network, x_test, y_test, classes),
         "test_flip_tta": evaluate(network, x_test, y_test, classes, flip=True),
         "recipe": dataclasses.asdict(config), "history": history,
-        "date": time.strftime("%Y-%m-%d"),
+        "teacher": dataclasses.asdict(teacher) if teacher else None,
+        "machine": machine(), "date": time.strftime("%Y-%m-%d"),
     }
     with open(os.path.join(output, RESULT_JSON), "w") as f:
         json.dump(result, f, indent=1)
     return result
+
+
+def machine() -> str:
+    """What trained: CPU count and, on JAX, the accelerator."""
+    description = f"{platform.machine()}, {os.cpu_count()} CPUs"
+    if keras.backend.backend() == "jax":
+        import jax
+        description += "; " + ", ".join(sorted({d.device_kind for d in jax.devices()}))
+    return description
 
 
 def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> keras.utils.PyDataset:
@@ -182,6 +224,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--pretrained-weights", default="")
     parser.add_argument("--warm-start", default="")
     parser.add_argument("--per-class", type=int, default=0, help="at most this many images per class")
+    parser.add_argument("--teacher-model", choices=sorted(model_lib.BUILDERS),
+                        help="distil from this trained model (with --teacher-weights)")
+    parser.add_argument("--teacher-weights", help="the teacher's .weights.h5 (same classes)")
+    parser.add_argument("--distill-weight", type=float, default=0.7,
+                        help="share of the teacher's soft targets in the training targets")
+    parser.add_argument("--temperature", type=float, default=2.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -192,7 +240,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             early_stopping_patience=args.patience,
             reduce_lr_patience=max(1, args.patience // 2), pretrained_weights=args.pretrained_weights,
             warm_start=args.warm_start)
-        result = train(args.data, args.output, config, args.per_class)
+        if bool(args.teacher_model) != bool(args.teacher_weights):
+            raise ValueError("--teacher-model and --teacher-weights go together")
+        teacher = (Teacher(args.teacher_model, args.teacher_weights, args.distill_weight, args.temperature)
+                   if args.teacher_model else None)
+        result = train(args.data, args.output, config, args.per_class, teacher)
     except (ValueError, FileNotFoundError) as error:
         sys.stderr.write(f"error: {error}\n")
         return 2

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Trains the models of RESULTS.md on one GPU machine with the standalone trainer
+# (KERAS_BACKEND=jax; no TensorFlow needed), several runs at once on the same GPU.
+#
+#   DATA=/path/to/fer2013 OUT=out bash scripts/train_gpu.sh [MODEL...]
+#
+# MODEL: any of vggnet dcnn vgg16 resnet50 vggnet-hsn dcnn-hsn compact (default: all but
+# compact, which is distilled from out/vggnet afterwards: run `... scripts/train_gpu.sh compact`).
+# Each run writes OUT/<name>/ (weights, result.json, curves.png) and OUT/<name>.log, and
+# resumes from its checkpoints when started again. Then export each through the pipeline:
+#   fer-pipeline run --data DATA --output runs/<name> --model <model> [--classes ...] \
+#       --warm-start OUT/<name>/<model>.weights.h5 --epochs 0
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${DATA:?set DATA to the FER2013 folder (train/, test/)}"
+OUT=${OUT:-out}
+export KERAS_BACKEND=${KERAS_BACKEND:-jax} XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+HSN=happy,sad,neutral
+mkdir -p "$OUT"
+
+args_of() {
+  case $1 in
+    vggnet)     echo --model vggnet --epochs 150 --batch-size 64 --optimizer sgd --learning-rate 0.01 --patience 20 --imbalance none --label-smoothing 0.1 ;;
+    dcnn)       echo --model dcnn --epochs 150 --batch-size 64 --patience 20 --imbalance none ;;
+    vgg16)      echo --model vgg16 --epochs 120 --batch-size 64 --optimizer sgd --learning-rate 0.01 --patience 15 --imbalance none ;;
+    resnet50)   echo --model resnet50 --epochs 120 --batch-size 64 --optimizer sgd --learning-rate 0.01 --patience 15 --imbalance none ;;
+    vggnet-hsn) echo --model vggnet --classes $HSN --epochs 150 --batch-size 64 --optimizer sgd --learning-rate 0.01 --patience 20 --imbalance none --label-smoothing 0.1 ;;
+    dcnn-hsn)   echo --model dcnn --classes $HSN --epochs 150 --batch-size 64 --patience 20 --imbalance none ;;
+    compact)    echo --model compact --epochs 200 --batch-size 64 --patience 25 --imbalance none \
+                     --teacher-model vggnet --teacher-weights "$OUT/vggnet/vggnet.weights.h5" ;;
+    *) echo "unknown run $1" >&2; exit 2 ;;
+  esac
+}
+
+runs=("$@")
+[ ${#runs[@]} -gt 0 ] || runs=(vggnet dcnn vgg16 resnet50 vggnet-hsn dcnn-hsn)
+for run in "${runs[@]}"; do
+  # shellcheck disable=SC2046
+  python -m components.trainer.standalone --data "$DATA" --output "$OUT/$run" $(args_of "$run") \
+    > "$OUT/$run.log" 2>&1 &
+done
+wait
+for run in "${runs[@]}"; do tail -n 1 "$OUT/$run.log"; done

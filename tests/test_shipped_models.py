@@ -1,0 +1,54 @@
+"""Every model shipped under models/: it loads, its two signatures agree, and its PublicTest
+accuracy recomputed here matches its metadata within half a point."""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from components.example_gen.fer2013 import make_example
+from pipeline import features, ship
+from tests.conftest import FER2013, REPO
+
+SHIPPED = sorted(glob.glob(str(REPO / "models" / "*" / ship.METADATA_JSON)))
+
+
+def _version_dir(metadata_path: str, metadata: dict) -> str:
+    return os.path.join(os.path.dirname(metadata_path), str(metadata["version"]))
+
+
+@pytest.mark.parametrize("metadata_path", SHIPPED, ids=[p.split(os.sep)[-2] for p in SHIPPED])
+def test_a_shipped_model_serves_both_signatures_and_keeps_its_published_accuracy(metadata_path):
+    if not (FER2013 / "test").is_dir():
+        pytest.skip("FER2013 not found")
+    metadata = json.load(open(metadata_path))
+    path = _version_dir(metadata_path, metadata)
+    assert ship.directory_bytes(path) <= ship.MAX_MODEL_BYTES
+    model = tf.saved_model.load(path)
+    classes = metadata["classes"]
+    paths = [ship.test_images(str(FER2013), classes)[c][0] for c in classes]
+    images = [open(p, "rb").read() for p in paths]
+    examples = [make_example(b, classes[0], "PublicTest", os.path.basename(p), np.asarray(Image.open(p)))
+                for b, p in zip(images, paths)]
+    by_image = model.signatures[features.PREDICT_IMAGE_SIGNATURE](**{features.IMAGES_INPUT: tf.constant(images)})
+    by_example = model.signatures[features.SERVING_DEFAULT_SIGNATURE](
+        **{features.EXAMPLES_INPUT: tf.constant(examples)})
+    np.testing.assert_allclose(by_image[features.PROBABILITIES_OUTPUT].numpy(),
+                               by_example[features.PROBABILITIES_OUTPUT].numpy(), atol=1e-5)
+    labels = [l.decode() for l in by_image[features.LABEL_OUTPUT].numpy()]
+    assert set(labels) <= set(classes)
+    measured = ship.evaluate_saved_model(path, str(FER2013))
+    published = metadata["metrics_publictest"]
+    assert measured["examples"] == published["examples"]
+    assert abs(measured["accuracy"] - published["accuracy"]) <= 0.005
+
+
+def test_shipped_model_metadata_names_classes_data_recipe_and_date():
+    for metadata_path in SHIPPED:
+        metadata = json.load(open(metadata_path))
+        for key in ("classes", "training_data", "metrics_publictest", "date", "version"):
+            assert metadata.get(key), (metadata_path, key)
+        assert os.path.isfile(os.path.join(_version_dir(metadata_path, metadata), "saved_model.pb"))
