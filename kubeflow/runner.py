@@ -22,7 +22,7 @@ from components.example_gen import fer2013
 from pipeline import features
 from pipeline.config import (IMBALANCE_STRATEGIES, IngestConfig, PROFILES, TrainingConfig,
                              TuningConfig, ValidationConfig,
-                             profile_configs, serving_model_name)
+                             profile_configs, serving_model_name, with_overrides)
 from pipeline.pipeline import create_pipeline
 
 # Where kubeflow/Dockerfile puts the repository inside the image (WORKDIR).
@@ -131,12 +131,13 @@ def load_config(path: str = DEFAULT_CONFIG, **overrides: Any) -> KubeflowConfig:
     training = values.get("training") or {}
     if not isinstance(training, dict):
         raise ConfigError(f"{path}: training must be a mapping of TrainingConfig keys")
-    unknown = sorted(set(training) - {f.name for f in dataclasses.fields(TrainingConfig)} - {"model", "classes"})
-    if unknown or {"model", "classes"} & set(training):
-        raise ConfigError(f"{path}: training: unknown key(s) {', '.join(unknown or ['model/classes (top-level keys)'])}")
     values["training"] = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
                                       for k, v in training.items()))
     config = KubeflowConfig(**values)
+    try:
+        training_config(config)  # the recipe is checked now, not in the Trainer pod
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: training: {e}") from None
     for key in ("pipeline_root", "data", "serving_dir"):
         _require_remote(key, getattr(config, key))
     if config.baseline_data:
@@ -155,6 +156,17 @@ def load_config(path: str = DEFAULT_CONFIG, **overrides: Any) -> KubeflowConfig:
     return config
 
 
+def training_config(config: KubeflowConfig) -> TrainingConfig:
+    """The profile's recipe with the config's `training`, `imbalance` and `epochs`."""
+    overrides = dict(config.training)
+    if config.imbalance:
+        overrides["imbalance"] = config.imbalance
+    if config.epochs is not None:
+        overrides["epochs"] = config.epochs
+    profile = profile_configs(config.profile, config.model, config.classes)
+    return with_overrides(profile.training, overrides)
+
+
 def build(config: KubeflowConfig) -> tfx.dsl.Pipeline:
     """The pipeline of `create_pipeline`, with the Trainer's GPU resource request."""
     profile = profile_configs(config.profile, config.model, config.classes,
@@ -162,15 +174,7 @@ def build(config: KubeflowConfig) -> tfx.dsl.Pipeline:
     source = fer2013.declared_source(config.layout, config.data.rstrip("/"), config.splits)
     baseline = (fer2013.declared_source(config.layout, config.baseline_data.rstrip("/"),
                                         config.splits) if config.baseline_data else None)
-    overrides = dict(config.training)
-    if config.imbalance:
-        overrides["imbalance"] = config.imbalance
-    if config.epochs is not None:
-        overrides["epochs"] = config.epochs
-    try:
-        training = dataclasses.replace(profile.training, **overrides)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"training: {e}") from None
+    training = training_config(config)
     pipeline = create_pipeline(
         pipeline_name=config.name,
         pipeline_root=config.pipeline_root,

@@ -164,19 +164,20 @@ def _settings(args: argparse.Namespace):
     from pipeline import features, run
 
     classes = features.validate_classes(args.classes.split(",")) if args.classes else features.EMOTIONS
-    from pipeline.config import TrainingConfig, TuningConfig, ValidationConfig
+    from pipeline.config import TrainingConfig, TuningConfig, ValidationConfig, with_overrides
 
     validate_only = args.command == "validate"
-    if not validate_only and args.epochs is not None and args.epochs < (0 if args.warm_start else 1):
-        raise ValueError("--epochs must be at least 1 (0 only with --warm-start)")
     if args.workers < 0:
         raise ValueError("--workers must be >= 0")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise ValueError(f"--output is a file, not a directory: {args.output}")
     overrides = () if validate_only else _training_overrides(args)
     if not validate_only:  # the recipe is checked before any data is read
-        TrainingConfig(model=args.model, classes=classes, **dict(overrides),
-                       **({} if args.epochs is None else {"epochs": args.epochs}))
+        try:
+            with_overrides(TrainingConfig(model=args.model, classes=classes),
+                           dict(overrides, **({} if args.epochs is None else {"epochs": args.epochs})))
+        except TypeError as e:
+            raise ValueError(f"training settings: {e}") from None
     return run.RunSettings(
         data=args.data, output=args.output, profile=args.profile, runner=args.runner,
         classes=classes,
@@ -193,18 +194,19 @@ def _settings(args: argparse.Namespace):
 
 def _training_overrides(args: argparse.Namespace) -> tuple:
     """TrainingConfig fields to override: the --training-config file, then the flags."""
-    from pipeline.config import TrainingConfig
+    from pipeline.config import check_training_keys
 
     values = dict(_config_values(args.training_config, "--training-config"))
-    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainingConfig)})
-    if unknown:
-        raise ValueError(f"--training-config {args.training_config}: unknown key(s) {unknown}")
+    try:
+        check_training_keys(values)
+    except ValueError as e:
+        raise ValueError(f"--training-config {args.training_config}: {e}") from None
     for key in ("optimizer", "learning_rate", "batch_size", "label_smoothing", "pretrained_weights",
                 "checkpoint_dir", "warm_start"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     for key in ("pretrained_weights", "checkpoint_dir", "warm_start"):
-        if values.get(key):
+        if values.get(key) and "://" not in values[key]:  # object storage stays as it is
             values[key] = os.path.abspath(values[key])
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in values.items()))
 

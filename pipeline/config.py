@@ -14,6 +14,21 @@ from pipeline import features
 PROFILES = ("smoke", "full")
 IMBALANCE_STRATEGIES = ("class_weight", "oversample", "none")
 OPTIMIZERS = ("nadam", "adam", "adamw", "sgd", "rmsprop")
+# The model registry's names (components/trainer/model.py BUILDERS; a test keeps them equal).
+MODELS = ("dcnn", "vggnet", "compact", "vgg16", "resnet50")
+TRANSFER_MODELS = ("vgg16", "resnet50")
+
+
+def _check_numbers(instance) -> None:
+    """Every int/float field holds a finite number of its kind (YAML reads `1e-3` as text)."""
+    for field in dataclasses.fields(instance):
+        value = getattr(instance, field.name)
+        if field.type in (float, int) and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                           or not math.isfinite(value)):
+            hint = " (YAML reads 1e-3 as text: write 1.0e-3 or 0.001)" if isinstance(value, str) else ""
+            raise ValueError(f"{field.name} must be a number, got {value!r}{hint}")
+        if field.type is int and isinstance(value, float):
+            raise ValueError(f"{field.name} must be a whole number, got {value!r}")
 ACTIONS = ("warn", "block")
 
 
@@ -109,8 +124,25 @@ class TrainingConfig(_DictMixin):
 
     def __post_init__(self):
         features.validate_classes(self.classes)
-        if self.epochs < 0 or (self.epochs == 0 and not self.warm_start) or self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1 and epochs >= 1 (0 only with warm_start)")
+        _check_numbers(self)
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        if self.pretrained_weights and self.model not in TRANSFER_MODELS:
+            raise ValueError(f"pretrained_weights apply to {', '.join(TRANSFER_MODELS)} only, "
+                             f"not {self.model!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.epochs < 0 or (self.epochs == 0 and not self.warm_start):
+            raise ValueError(f"epochs must be >= 1 (0 only with a warm start), got {self.epochs}")
+        if self.early_stopping_patience < 0 or self.reduce_lr_patience < 0:
+            raise ValueError("early_stopping_patience and reduce_lr_patience must be >= 0")
+        if not 0.0 < self.reduce_lr_factor < 1.0:
+            raise ValueError(f"reduce_lr_factor must be in (0, 1), got {self.reduce_lr_factor}")
+        if "://" in self.checkpoint_dir:
+            raise ValueError(f"checkpoint_dir {self.checkpoint_dir!r}: object storage is not supported "
+                             "for checkpoints; use a local or mounted path (a volume, gcsfuse)")
+        if not 0.0 <= self.momentum < 1.0 or self.weight_decay < 0:
+            raise ValueError("momentum must be in [0, 1) and weight_decay >= 0")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -136,10 +168,15 @@ class TuningConfig(_DictMixin):
     optimizers: Tuple[str, ...] = ("nadam", "adam", "sgd")
 
     def __post_init__(self):
+        _check_numbers(self)
         if self.max_trials < 1 or self.epochs < 1:
             raise ValueError("tuning max_trials and epochs must be >= 1")
         if not self.batch_sizes or not self.learning_rates or not self.optimizers:
             raise ValueError("tuning needs at least one batch size, learning rate and optimizer")
+        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batch_sizes):
+            raise ValueError(f"tuning batch_sizes must be whole numbers >= 1, got {list(self.batch_sizes)}")
+        if any(isinstance(r, (bool, str)) or not r > 0 for r in self.learning_rates):
+            raise ValueError(f"tuning learning_rates must be numbers > 0, got {list(self.learning_rates)}")
         unknown = sorted(set(self.optimizers) - set(OPTIMIZERS))
         if unknown:
             raise ValueError(f"unknown optimizer(s) {unknown}; choose from {', '.join(OPTIMIZERS)}")
@@ -207,6 +244,25 @@ class ValidationConfig(_DictMixin):
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.max_imbalance_ratio < 1.0:
             raise ValueError(f"max_imbalance_ratio must be >= 1, got {self.max_imbalance_ratio}")
+
+
+def check_training_keys(keys) -> None:
+    """Raises ValueError for keys that are not overridable TrainingConfig fields."""
+    fixed = sorted({"model", "classes"} & set(keys))
+    if fixed:
+        raise ValueError(f"training overrides cannot set {', '.join(fixed)}: they name the pipeline; "
+                         "use --model/--classes (or the top-level keys of the Kubeflow config)")
+    unknown = sorted(set(keys) - {f.name for f in dataclasses.fields(TrainingConfig)})
+    if unknown:
+        raise ValueError(f"unknown training key(s) {unknown}")
+
+
+def with_overrides(training: TrainingConfig, overrides: Mapping[str, Any]) -> TrainingConfig:
+    """`training` with `overrides` (TrainingConfig keys except model and classes, which name
+    the pipeline) applied at once, so that e.g. epochs=0 and warm_start go together."""
+    check_training_keys(overrides)
+    return dataclasses.replace(training, **{k: tuple(v) if isinstance(v, list) else v
+                                            for k, v in overrides.items()})
 
 
 def serving_model_name(model: str, classes: Tuple[str, ...]) -> str:

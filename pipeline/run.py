@@ -22,7 +22,7 @@ from tfx import v1 as tfx
 from components.example_gen import annotations, fer2013
 from pipeline import features, summary
 from pipeline.config import (IngestConfig, TuningConfig, ValidationConfig, profile_configs,
-                             serving_model_name)
+                             serving_model_name, with_overrides)
 from pipeline.pipeline import create_pipeline
 
 RUNNERS = ("local", "beam")
@@ -90,8 +90,7 @@ def build(settings: RunSettings, spans: fer2013.Spans) -> tfx.dsl.Pipeline:
     overrides = dict(settings.training_overrides)
     if settings.epochs is not None:
         overrides["epochs"] = settings.epochs
-    if overrides:  # at once: epochs=0 is valid only together with warm_start
-        training = dataclasses.replace(training, **overrides)
+    training = with_overrides(training, overrides)
     where = paths(settings.output, settings.model_name)
     annotation_settings = {}
     if settings.annotations:

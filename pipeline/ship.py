@@ -20,23 +20,30 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from pipeline import features
+from pipeline.scoring import classification_metrics
 
 METADATA_JSON = "metadata.json"
+CONFUSION_PNG = "confusion_matrix.png"
+CURVES_PNG = "curves.png"
 MAX_MODEL_BYTES = 50 * 1024 * 1024
 
 
 def test_images(data: str, classes: Sequence[str]) -> Dict[str, List[str]]:
     """{emotion: sorted image paths} of data/test/<emotion>/ for the model's classes."""
+    from components.trainer.standalone import IMAGE_SUFFIXES
+
     out = {}
     for emotion in classes:
         folder = os.path.join(data, "test", emotion)
-        out[emotion] = sorted(os.path.join(folder, n) for n in os.listdir(folder))
+        out[emotion] = sorted(os.path.join(folder, n) for n in os.listdir(folder)
+                              if n.lower().endswith(IMAGE_SUFFIXES))
     return out
 
 
 def evaluate_saved_model(path: str, data: str, batch_size: int = 256) -> Dict:
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of the
-    SavedModel at `path` on data/test (its own classes), through `predict_image`."""
+    SavedModel at `path` on data/test (its own classes, named in `classes`), through
+    `predict_image`."""
     import tensorflow as tf
 
     model = tf.saved_model.load(path)
@@ -49,7 +56,8 @@ def evaluate_saved_model(path: str, data: str, batch_size: int = 256) -> Dict:
             out = predict(**{features.IMAGES_INPUT: tf.constant(chunk)})
             predicted += out[features.PROBABILITIES_OUTPUT].numpy().argmax(axis=1).tolist()
             truth += [class_id] * len(chunk)
-    return metrics(np.asarray(truth), np.asarray(predicted), classes)
+    return dict(classification_metrics(np.asarray(truth), np.asarray(predicted), classes),
+                split="FER2013 PublicTest (test/ folder)", classes=classes)
 
 
 def _classes_of(predict) -> List[str]:
@@ -59,24 +67,6 @@ def _classes_of(predict) -> List[str]:
     encoded = tf.io.encode_png(blank[..., None]).numpy()
     out = predict(**{features.IMAGES_INPUT: tf.constant([encoded])})
     return [c.decode() for c in out[features.CLASSES_OUTPUT].numpy()[0]]
-
-
-def metrics(truth: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> Dict:
-    per_class = {}
-    for c, name in enumerate(classes):
-        tp = int(np.sum((predicted == c) & (truth == c)))
-        precision = tp / max(int(np.sum(predicted == c)), 1)
-        recall = tp / max(int(np.sum(truth == c)), 1)
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": round(precision, 4), "recall": round(recall, 4),
-                           "f1": round(f1, 4), "support": int(np.sum(truth == c))}
-    matrix = [[int(np.sum((truth == a) & (predicted == p))) for p in range(len(classes))]
-              for a in range(len(classes))]
-    return {"split": "FER2013 PublicTest (test/ folder)", "examples": int(len(truth)),
-            "accuracy": round(float(np.mean(truth == predicted)), 4),
-            "macro_f1": round(float(np.mean([v["f1"] for v in per_class.values()])), 4),
-            "per_class": per_class, "confusion_matrix": {"rows": "actual", "columns": "predicted",
-                                                         "counts": matrix}}
 
 
 def directory_bytes(path: str) -> int:
@@ -92,13 +82,13 @@ def ship(pushed: str, name: str, data: str, models_dir: str = "models",
     if size > MAX_MODEL_BYTES:
         raise ValueError(f"{pushed}: {size / 2**20:.1f} MB, above the {MAX_MODEL_BYTES / 2**20:.0f} MB "
                          "limit for a model kept in the repository")
+    measured = evaluate_saved_model(pushed, data)
     target = os.path.join(models_dir, name, version)
     if os.path.exists(target):
         shutil.rmtree(target)
     shutil.copytree(pushed, target)
-    measured = evaluate_saved_model(target, data)
     metadata = {
-        "name": name, "version": int(version), "classes": _classes_of_path(target),
+        "name": name, "version": int(version), "classes": measured.pop("classes"),
         "signatures": {features.PREDICT_IMAGE_SIGNATURE: "encoded JPEG/PNG bytes -> probabilities, label, classes",
                        features.SERVING_DEFAULT_SIGNATURE: "serialized tf.Example -> probabilities, label, classes"},
         "training_data": "FER2013 Kaggle folder: train/ (28,709 faces) minus a 10% validation carve-out; "
@@ -118,13 +108,36 @@ def ship(pushed: str, name: str, data: str, models_dir: str = "models",
         metadata["history"] = trained.get("history")
     with open(os.path.join(models_dir, name, METADATA_JSON), "w") as f:
         json.dump(metadata, f, indent=1)
+    write_confusion_png(measured, metadata["classes"], os.path.join(models_dir, name, CONFUSION_PNG),
+                        f"{name}: PublicTest, accuracy {measured['accuracy']:.3f}")
+    if metadata.get("history"):
+        from components.trainer.recipe import write_curves
+        write_curves(metadata["history"], os.path.join(models_dir, name, CURVES_PNG), name)
     return metadata
 
 
-def _classes_of_path(path: str) -> List[str]:
-    import tensorflow as tf
+def write_confusion_png(measured: Dict, classes: Sequence[str], path: str, title: str) -> None:
+    """The confusion matrix, row-normalised (recall on the diagonal), with counts."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
 
-    return _classes_of(tf.saved_model.load(path).signatures[features.PREDICT_IMAGE_SIGNATURE])
+    counts = np.asarray(measured["confusion_matrix"]["counts"], dtype=float)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    figure, ax = plt.subplots(figsize=(1.1 * len(classes) + 2, 1.0 * len(classes) + 1.5))
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for a in range(len(classes)):
+        for p in range(len(classes)):
+            ax.text(p, a, f"{shares[a, p]:.2f}\n({int(counts[a, p])})", ha="center", va="center",
+                    fontsize=8, color="white" if shares[a, p] > 0.5 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

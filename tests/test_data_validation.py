@@ -13,7 +13,7 @@ from PIL import Image
 
 from components.data_validation import checks, component, report
 from components.example_gen import fer2013
-from components.trainer import data
+from components.trainer import data, recipe
 from pipeline import cli, features
 from pipeline.config import ValidationConfig
 from pipeline.run import SCHEMA_FILE
@@ -221,11 +221,11 @@ def test_class_counts_come_from_tfdv_statistics_of_the_string_label():
 
 
 def test_class_weights_follow_the_counts():
-    weights = data.class_weights([400, 40, 160])
+    weights = recipe.class_weights([400, 40, 160])
     assert weights == pytest.approx({0: 0.5, 1: 5.0, 2: 1.25})
     counts = np.array([400, 40, 160])
     assert sum(weights[c] * n for c, n in enumerate(counts)) == pytest.approx(counts.sum())
-    assert data.class_weights([10, 0, 10]) == {0: 1.0, 1: 1.0, 2: 1.0}
+    assert recipe.class_weights([10, 0, 10]) == {0: 1.0, 1: 1.0, 2: 1.0}
 
 
 def test_oversampling_draws_every_class_equally_often():

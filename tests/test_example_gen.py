@@ -1,11 +1,9 @@
 """The FER2013 ExampleGen executor under Beam: splits, examples and the ingestion report."""
-import json
 import os
 import zipfile
 
 import pytest
 import tensorflow as tf
-from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 

@@ -1,6 +1,5 @@
 """Reading and validating FER2013 records in every form, with every kind of bad record."""
 import collections
-import io
 import zipfile
 
 import numpy as np

@@ -146,15 +146,18 @@ def test_training_overrides_and_the_tuner_come_from_configuration(tmp_path):
     text = open(runner.DEFAULT_CONFIG).read().replace("optimizer: nadam", "optimizer: sgd").replace(
         "  enabled: false", "  enabled: true")
     config_file.write_text(text.replace("  label_smoothing: 0.0", "  label_smoothing: 0.1\n"
-                                        "  checkpoint_dir: gs://b/ckpt"))
+                                        "  checkpoint_dir: /mnt/ckpt"))
     _, spec, _ = compiled(tmp_path, str(config_file), model="vggnet")
     tasks = spec["root"]["dag"]["tasks"]
     assert "best_hyperparameters" in json.dumps(tasks["Trainer"]["inputs"]["artifacts"])
     training = json.loads(task_parameter(spec, "Trainer", "custom_config"))
     assert (training["model"], training["optimizer"], training["label_smoothing"],
-            training["checkpoint_dir"]) == ("vggnet", "sgd", 0.1, "gs://b/ckpt")
+            training["checkpoint_dir"]) == ("vggnet", "sgd", 0.1, "/mnt/ckpt")
     tuner = json.loads(task_parameter(spec, "Tuner", "custom_config"))
     assert tuner["tuning"]["max_trials"] == 6 and tuner["training"]["optimizer"] == "sgd"
     config_file.write_text(text.replace("  label_smoothing: 0.0", "  label_smothing: 0.1"))
-    with pytest.raises(runner.ConfigError, match="training: unknown key.*label_smothing"):
+    with pytest.raises(runner.ConfigError, match="training: unknown training key.*label_smothing"):
+        runner.load_config(str(config_file))
+    config_file.write_text(text.replace("  label_smoothing: 0.0", "  checkpoint_dir: gs://b/ckpt"))
+    with pytest.raises(runner.ConfigError, match="object storage is not supported for checkpoints"):
         runner.load_config(str(config_file))

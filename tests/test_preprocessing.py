@@ -2,12 +2,11 @@
 import functools
 
 import numpy as np
-import pytest
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
 import tensorflow_transform.beam as tft_beam
 from PIL import Image
-from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+from tensorflow_transform.tf_metadata import dataset_metadata
 
 from components.transform import preprocessing
 from pipeline import features

@@ -37,6 +37,12 @@ def test_every_builder_maps_a_face_to_class_probabilities(name, params_7, params
     assert model_lib.flops_per_image(network) / 1e9 == pytest.approx(gflops, abs=1e-3)
 
 
+def test_the_configuration_knows_exactly_the_registered_models():
+    from pipeline import config
+    assert set(config.MODELS) == set(model_lib.BUILDERS)
+    assert set(config.TRANSFER_MODELS) == set(model_lib.TRANSFER_BASES)
+
+
 def test_missing_pretrained_weights_and_weights_for_a_scratch_model_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.h5"):
         model_lib.build("vgg16", 3, pretrained=str(tmp_path / "nowhere.h5"))
@@ -60,18 +66,38 @@ def test_vgg16_on_imagenet_weights_trains_its_head_then_fine_tunes_its_top_block
     network = model_lib.build("vgg16", 3, pretrained=weights)
     base, prefix = model_lib.fine_tuning(network)
     assert prefix == "block5_" and not base.trainable
-    config = TrainingConfig(model="vgg16", classes=SUBSET, epochs=2, freeze_epochs=1, batch_size=16,
-                            learning_rate=1e-3, fine_tune_lr_factor=0.1, imbalance="none")
-    assert [(p["name"], p["epochs"]) for p in recipe.phases(config, network)] == [("frozen", 1), ("fine_tune", 1)]
+    config = TrainingConfig(model="vgg16", classes=SUBSET, epochs=4, freeze_epochs=2, batch_size=16,
+                            learning_rate=1e-3, fine_tune_lr_factor=0.1, imbalance="none",
+                            early_stopping_patience=10, checkpoint_dir=str(tmp_path / "ckpt"))
+    assert [(p["name"], p["epochs"]) for p in recipe.phases(config, network)] == [("frozen", 2), ("fine_tune", 2)]
     bottom, top = base.get_layer("block1_conv1"), base.get_layer("block5_conv3")
     before = [bottom.get_weights()[0].copy(), top.get_weights()[0].copy()]
     x, y = _faces("train", 16)
-    history = recipe.fit(network, network, tf.data.Dataset.from_tensor_slices((x, y)).batch(16),
-                         (x[::4], y[::4]), config, str(tmp_path / "run"))
-    assert history["phase"] == ["frozen", "fine_tune"]
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    with pytest.raises(KeyboardInterrupt):  # dies after the first frozen epoch
+        recipe.fit(network, network, data, (x[::4], y[::4]), config, str(tmp_path / "run"),
+                   checkpoint_dir=config.checkpoint_dir, extra_callbacks=[_Interrupt(after_epoch=0)])
+    network = model_lib.build("vgg16", 3, pretrained=weights)
+    base = model_lib.fine_tuning(network)[0]
+    bottom, top = base.get_layer("block1_conv1"), base.get_layer("block5_conv3")
+    epochs = _EpochLog()
+    history = recipe.fit(network, network, data, (x[::4], y[::4]), config, str(tmp_path / "run"),
+                         checkpoint_dir=config.checkpoint_dir, extra_callbacks=[epochs])
+    # The frozen phase resumed at its second epoch; fine-tuning then ran all of its own.
+    assert epochs.began == [1, 0, 1]
+    assert history["phase"] == ["frozen", "frozen", "fine_tune", "fine_tune"]
     np.testing.assert_array_equal(bottom.get_weights()[0], before[0])      # never unfrozen
     assert not np.allclose(top.get_weights()[0], before[1])                # fine-tuned
     assert float(network.optimizer.learning_rate) == pytest.approx(1e-4)  # the phase-2 rate
+
+
+class _EpochLog(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.began = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.began.append(epoch)
 
 
 class _Interrupt(keras.callbacks.Callback):
@@ -100,16 +126,16 @@ def test_an_interrupted_fit_resumes_from_its_last_finished_epoch(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         attempt(_Interrupt(after_epoch=1))  # dies after its second epoch
-    resumed = []
-    logger = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: resumed.append(epoch))
-    history = attempt(logger)
-    assert resumed == [2, 3]                # only the epochs the first attempt did not finish
+    epochs = _EpochLog()
+    history = attempt(epochs)
+    assert epochs.began == [2, 3]           # only the epochs the first attempt did not finish
     assert len(history["loss"]) == 4 and history["phase"] == ["train"] * 4
-    # Another configuration must not silently continue this checkpoint.
-    with pytest.raises(ValueError, match="differs in .*learning_rate"):
-        recipe.fit(model_lib.build("dcnn", 3), model_lib.build("dcnn", 3), data, (x, y),
-                   TrainingConfig(model="dcnn", classes=SUBSET, learning_rate=0.1),
-                   str(tmp_path / "run"), checkpoint_dir=config.checkpoint_dir)
+    # Another configuration (or other data) never continues this training: it starts afresh.
+    network, epochs = model_lib.build("dcnn", 3), _EpochLog()
+    other = TrainingConfig(model="dcnn", classes=SUBSET, epochs=2, imbalance="none")
+    recipe.fit(network, network, data, (x, y), other, str(tmp_path / "run"),
+               checkpoint_dir=config.checkpoint_dir, extra_callbacks=[epochs])
+    assert epochs.began == [0, 1] and len(os.listdir(config.checkpoint_dir)) == 2
 
 
 def test_curves_are_written_as_png(tmp_path):
@@ -134,7 +160,8 @@ try:
     runpy.run_module("components.trainer.standalone", run_name="__main__")
 except SystemExit as e:
     assert e.code == 0, e.code
-print(json.dumps({"tensorflow_imported": "tensorflow" in sys.modules}))
+import keras
+print(json.dumps({"backend": keras.backend.backend()}))
 """
 
 
@@ -145,7 +172,7 @@ def test_standalone_trainer_on_jax_and_the_pipeline_warm_started_from_its_weight
          "--model", "dcnn", "--classes", ",".join(SUBSET), "--epochs", "1", "--per-class", "30"],
         capture_output=True, text=True, timeout=900, env=dict(os.environ, KERAS_BACKEND="jax"))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"tensorflow_imported": False}
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"backend": "jax"}  # and no TensorFlow
     result = json.loads((out / standalone.RESULT_JSON).read_text())
     assert (result["backend"], result["classes"], result["epochs_run"]) == ("jax", list(SUBSET), 1)
     assert result["test"]["examples"] == 90 and 0.0 <= result["test"]["accuracy"] <= 1.0
@@ -206,10 +233,12 @@ def _assert_subset_model(summary):
 
 
 @pytest.mark.parametrize("extra, config_text, message", [
-    (["--epochs", "0"], None, "--epochs must be at least 1 (0 only with --warm-start)"),
+    (["--epochs", "0"], None, "epochs must be >= 1 (0 only with a warm start), got 0"),
+    ([], "learning_rate: 1e-3\n", "learning_rate must be a number, got '1e-3'"),
+    ([], "model: vgg16\n", "cannot set model"),
     (["--optimizer", "adagrad"], None, "invalid choice: 'adagrad'"),
     (["--label-smoothing", "1.5"], None, "label_smoothing must be in [0, 1)"),
-    ([], "optimiser: sgd\n", "unknown key(s) ['optimiser']"),
+    ([], "optimiser: sgd\n", "unknown training key(s) ['optimiser']"),
 ])
 def test_bad_training_settings_give_one_line_and_exit_2(extra, config_text, message, tmp_path, capsys,
                                                         monkeypatch):

@@ -241,7 +241,7 @@ def model_card(report: Dict) -> str:
         (f"Overall accuracy {overall['accuracy']:.4f} on {overall['examples']} examples "
          f"(95% CI {overall['ci95'][0]:.3f}-{overall['ci95'][1]:.3f})."
          if overall and overall["accuracy"] is not None else "No overall metrics."),
-        f"Gates: " + "; ".join(f"{g['gate']}: {'passed' if g['passed'] else 'FAILED'}"
+        "Gates: " + "; ".join(f"{g['gate']}: {'passed' if g['passed'] else 'FAILED'}"
                                for g in report["gates"]) + ".",
         f"Blessed for serving: {'yes' if report['blessed'] else 'no'}.", "",
         (f"Calibration: expected calibration error of the top-1 prediction {overall['ece']:.4f} "

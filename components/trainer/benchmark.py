@@ -10,7 +10,6 @@ validation carve-out (25,838 faces). Runs on any Keras backend (KERAS_BACKEND).
 """
 import argparse
 import json
-import platform
 import time
 from typing import Dict, List, Optional
 
@@ -54,7 +53,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     x, labels, _ = standalone.load_split(args.data, "train", features.EMOTIONS, per_class=40)
     order = np.random.default_rng(0).permutation(len(x))
     x, y = x[order], np.eye(len(features.EMOTIONS), dtype="float32")[labels[order]]
-    results = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs",
+    results = {"machine": standalone.machine(),
                "backend": keras.backend.backend(), "models": []}
     for name in args.models.split(","):
         row = measure(name, x, y, args.batch_size, args.steps)

@@ -9,13 +9,12 @@ Class imbalance: the class counts of the training examples (the carve-out
 excluded) are measured in one pass; the trainer then weights the loss by
 `class_weights` or draws every class equally often (`oversample`).
 """
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components.trainer.recipe import class_weights  # noqa: F401  (re-exported)
 from pipeline import features
 
 _BUCKETS = 1000

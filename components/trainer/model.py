@@ -42,6 +42,11 @@ def with_augmentation(network: keras.Model, seed: int = 42) -> keras.Model:
     return keras.Model(inputs, network(augmentation(seed)(inputs)), name=f"{network.name}_training")
 
 
+def training_model(network: keras.Model, training: "config.TrainingConfig") -> keras.Model:
+    """What is fitted: `network` behind the augmentation layers, or itself without them."""
+    return with_augmentation(network, training.seed) if training.augment else network
+
+
 def build_dcnn(input_shape: Tuple[int, int, int] = INPUT_SHAPE, num_classes: int = 7) -> keras.Model:
     """The seed notebook's DCNN: Conv 5x5 then 3x3 blocks with BatchNorm, MaxPool, Dropout,
     a 128-unit Dense head and softmax; ELU activations, he_normal initialisation."""
@@ -153,14 +158,30 @@ IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 BASE_SUFFIX = "_base"
 
 
-def imagenet_weights(name: str, path: str = "") -> Optional[str]:
-    """The ImageNet weights file of transfer model `name`: `path` when given (it must exist),
-    else the file in the Keras cache ($KERAS_HOME or ~/.keras, models/) when present, else
-    None (there is no download here: the base then starts from random initialisation)."""
-    if path:
+def local_file(path: str) -> str:
+    """`path` itself, or for object storage (gs://, s3://, ...) a local copy of it (read
+    with TensorFlow's file system, which exists wherever a pipeline component runs)."""
+    if "://" not in path:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"pretrained weights file {path!r} does not exist")
+            raise FileNotFoundError(f"weights file {path!r} does not exist")
         return path
+    import tempfile
+    import tensorflow as tf  # only for object storage: the JAX path reads local files
+
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"weights file {path!r} does not exist")
+    local = os.path.join(tempfile.mkdtemp(), os.path.basename(path))
+    tf.io.gfile.copy(path, local)
+    return local
+
+
+def imagenet_weights(name: str, path: str = "") -> Optional[str]:
+    """The ImageNet weights file of transfer model `name`: `path` when given (it must exist;
+    object storage is fetched), else the file in the Keras cache ($KERAS_HOME or
+    ~/.keras, models/) when present, else None (there is no download here: the base
+    then starts from random initialisation)."""
+    if path:
+        return local_file(path)
     cache = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models",
                          TRANSFER_BASES[name].weights_file)
     return cache if os.path.isfile(cache) else None
@@ -246,7 +267,8 @@ def build(name: str, num_classes: int, pretrained: str = "") -> keras.Model:
     if name in TRANSFER_BASES:
         return BUILDERS[name](INPUT_SHAPE, num_classes, pretrained=pretrained)
     if pretrained:
-        raise ValueError(f"pretrained weights apply to {', '.join(TRANSFER_BASES)} only, not {name!r}")
+        raise ValueError(f"pretrained weights apply to {', '.join(config.TRANSFER_MODELS)} only, "
+                         f"not {name!r}")
     return BUILDERS[name](INPUT_SHAPE, num_classes)
 
 

@@ -3,9 +3,11 @@ TFX Trainer (TensorFlow backend) and in the standalone trainer (JAX backend).
 
 - EarlyStopping and ReduceLROnPlateau on validation accuracy, TensorBoard logs.
 - Checkpoints: `BackupAndRestore` after every epoch, so an interrupted fit started again
-  with the same `checkpoint_dir` resumes from its last finished epoch; the best weights
-  (by validation accuracy) in `best.weights.h5`; every epoch's metrics appended to
-  `history.csv`, which therefore covers interrupted and resumed fits alike.
+  with the same `checkpoint_dir` resumes from its last finished epoch; every epoch's
+  metrics appended to `<phase>.history.csv`, which therefore covers interrupted and
+  resumed fits alike. A training lives in `<checkpoint_dir>/<key>/`, the key a hash of
+  its configuration and its data: a re-run of the same training resumes, anything else
+  (new data, other epochs or hyperparameters) starts afresh beside it.
 - Two-phase fine-tuning of transfer models built on ImageNet weights: the head on the
   frozen base, then the top block unfrozen at a lower learning rate. A finished phase
   leaves `<phase>.done.weights.h5` and is not repeated on resume.
@@ -13,6 +15,7 @@ TFX Trainer (TensorFlow backend) and in the standalone trainer (JAX backend).
 """
 import contextlib
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +30,6 @@ from pipeline.config import TrainingConfig
 logger = logging.getLogger(__name__)
 
 HISTORY_CSV = "history.csv"
-BEST_WEIGHTS = "best.weights.h5"
 CURVES_PNG = "curves.png"
 _CONFIG_JSON = "config.json"
 
@@ -51,9 +53,6 @@ def callbacks(config: TrainingConfig, log_dir: str, checkpoint_dir: str,
                                           factor=config.reduce_lr_factor,
                                           patience=config.reduce_lr_patience,
                                           min_lr=1e-6, verbose=1),
-        keras.callbacks.ModelCheckpoint(os.path.join(checkpoint_dir, BEST_WEIGHTS),
-                                        monitor="val_accuracy", mode="max",
-                                        save_best_only=True, save_weights_only=True),
         keras.callbacks.CSVLogger(os.path.join(checkpoint_dir, f"{phase}.{HISTORY_CSV}"), append=True),
     ] + ([keras.callbacks.TensorBoard(log_dir=os.path.join(log_dir, "tensorboard", phase))]
          # Keras writes TensorBoard logs with tf.summary: on the TensorFlow backend only
@@ -64,22 +63,24 @@ def callbacks(config: TrainingConfig, log_dir: str, checkpoint_dir: str,
     ]
 
 
-def _claim(checkpoint_dir: str, config: TrainingConfig) -> None:
-    """Refuses to resume a checkpoint directory written with another configuration."""
-    os.makedirs(checkpoint_dir, exist_ok=True)
-    path = os.path.join(checkpoint_dir, _CONFIG_JSON)
-    mine = json.loads(json.dumps(dict(config.to_dict(), checkpoint_dir="", epochs=None)))
-    if os.path.exists(path):
-        with open(path) as f:
-            theirs = json.load(f)
-        if theirs != mine:
-            changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-            raise ValueError(f"checkpoint directory {checkpoint_dir} holds a training with another "
-                             f"configuration (differs in {', '.join(changed)}); use a new "
-                             "checkpoint_dir or delete it")
-    else:
-        with open(path, "w") as f:
-            json.dump(mine, f, indent=1, sort_keys=True)
+def training_dir(checkpoint_dir: str, config: TrainingConfig, data_id: str) -> str:
+    """`<checkpoint_dir>/<key>/`, key = hash of the configuration and the data; the
+    configuration is written beside the checkpoints for people."""
+    if "://" in checkpoint_dir:
+        raise ValueError(f"checkpoint_dir {checkpoint_dir!r}: object storage is not supported for "
+                         "checkpoints; use a local or mounted path (a volume, gcsfuse)")
+    recipe = json.loads(json.dumps(dict(config.to_dict(), checkpoint_dir="")))
+    key = hashlib.sha256(json.dumps({"recipe": recipe, "data": data_id}, sort_keys=True).encode())
+    path = os.path.join(checkpoint_dir, key.hexdigest()[:16])
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, _CONFIG_JSON), "w") as f:
+        json.dump({"recipe": recipe, "data": data_id}, f, indent=1, sort_keys=True)
+    return path
+
+
+def class_weight_for(config: TrainingConfig, counts: Sequence[int]) -> Optional[Dict[int, float]]:
+    """The loss weights per class id the configuration asks for (None: unweighted)."""
+    return class_weights(counts) if config.imbalance == "class_weight" else None
 
 
 def phases(config: TrainingConfig, network: keras.Model) -> List[Dict]:
@@ -115,13 +116,14 @@ def read_history(checkpoint_dir: str, phase_names: Sequence[str]) -> Dict[str, L
 def fit(model: keras.Model, network: keras.Model, train, validation, config: TrainingConfig,
         log_dir: str, checkpoint_dir: str = "", class_weight: Optional[Dict[int, float]] = None,
         scope: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-        extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> Dict[str, List[float]]:
+        extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+        data_id: str = "") -> Dict[str, List[float]]:
     """Compiles and trains `model` (the training model around `network`) in place, phase by
-    phase; resumes from `checkpoint_dir` (default `<log_dir>/checkpoints`). Returns the
-    per-epoch history of all phases (with a 'phase' column). `scope` wraps compilation
-    (a distribution strategy's scope)."""
-    checkpoint_dir = checkpoint_dir or os.path.join(log_dir, "checkpoints")
-    _claim(checkpoint_dir, config)
+    phase; resumes a training of the same configuration and `data_id` (what identifies
+    the training data) from `checkpoint_dir` (default `<log_dir>/checkpoints`). Returns
+    the per-epoch history of all phases (with a 'phase' column). `scope` wraps
+    compilation (a distribution strategy's scope)."""
+    checkpoint_dir = training_dir(checkpoint_dir or os.path.join(log_dir, "checkpoints"), config, data_id)
     plan = phases(config, network)
     for phase in plan:
         if phase["epochs"] <= 0:
@@ -139,6 +141,10 @@ def fit(model: keras.Model, network: keras.Model, train, validation, config: Tra
         with scope():
             model_lib.compile_model(model, phase["learning_rate"], config.optimizer,
                                     config.label_smoothing, config.momentum, config.weight_decay)
+        # BackupAndRestore leaves the epoch it resumed from on the model, and Keras would
+        # start the next phase's fit there too: each phase starts at its own epoch 0
+        # unless its own backup says otherwise.
+        model._initial_epoch = None
         model.fit(train, validation_data=validation, epochs=phase["epochs"],
                   callbacks=callbacks(config, log_dir, checkpoint_dir, phase["name"]) + list(extra_callbacks),
                   class_weight=class_weight, verbose=2)

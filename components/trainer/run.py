@@ -16,7 +16,7 @@ from pipeline.config import TrainingConfig
 def load_warm_start(network: keras.Model, path: str) -> None:
     """Loads weights trained elsewhere (the standalone trainer) into `network`."""
     try:
-        network.load_weights(path)
+        network.load_weights(model_lib.local_file(path))
     except (ValueError, FileNotFoundError, OSError) as error:
         raise ValueError(f"warm_start: cannot load {path} into {network.name} with "
                          f"{network.output_shape[-1]} classes (same --model and --classes as the "
@@ -33,19 +33,19 @@ def run_fn(fn_args: FnArgs) -> None:
         fn_args.train_files, tf_transform_output, len(config.classes),
         config.batch_size * strategy.num_replicas_in_sync, config.validation_fraction, config.seed,
         imbalance=config.imbalance)
-    class_weight = recipe.class_weights(counts) if config.imbalance == "class_weight" else None
+    class_weight = recipe.class_weight_for(config, counts)
     logging.info("Training class counts %s; imbalance=%s; class weights %s",
                  dict(zip(config.classes, counts.tolist())), config.imbalance, class_weight)
     with strategy.scope():
         network = model_lib.build(config.model, len(config.classes), config.pretrained_weights)
         if config.warm_start:
             load_warm_start(network, config.warm_start)
-        model = model_lib.with_augmentation(network, config.seed) if config.augment else network
+        model = model_lib.training_model(network, config)
     history = {}
     if config.epochs > 0:
         history = recipe.fit(model, network, train_ds, validation_ds, config, fn_args.model_run_dir,
                              checkpoint_dir=config.checkpoint_dir, class_weight=class_weight,
-                             scope=strategy.scope)
+                             scope=strategy.scope, data_id=",".join(sorted(fn_args.train_files)))
         recipe.write_curves(history, os.path.join(fn_args.model_run_dir, recipe.CURVES_PNG),
                             f"{config.model}, {len(config.classes)} classes")
     export.export_serving_model(network, tf_transform_output, config.classes,

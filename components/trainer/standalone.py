@@ -40,6 +40,7 @@ from PIL import Image
 
 from components.trainer import model as model_lib, recipe
 from pipeline import features
+from pipeline.scoring import classification_metrics
 from pipeline.config import OPTIMIZERS, TrainingConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -88,17 +89,7 @@ def evaluate(network: keras.Model, x: np.ndarray, y: np.ndarray, classes: Sequen
     probabilities = network.predict(x, batch_size=256, verbose=0)
     if flip:
         probabilities = (probabilities + network.predict(x[:, :, ::-1], batch_size=256, verbose=0)) / 2
-    predicted = probabilities.argmax(axis=1)
-    per_class = {}
-    for c, name in enumerate(classes):
-        tp = int(np.sum((predicted == c) & (y == c)))
-        recall = tp / max(int(np.sum(y == c)), 1)
-        precision = tp / max(int(np.sum(predicted == c)), 1)
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4)}
-    return {"accuracy": round(float(np.mean(predicted == y)), 4),
-            "macro_f1": round(float(np.mean([v["f1"] for v in per_class.values()])), 4),
-            "examples": int(len(y)), "per_class": per_class}
+    return classification_metrics(y, probabilities.argmax(axis=1), classes)
 
 
 def soft_targets(labels: np.ndarray, teacher_probabilities: np.ndarray, weight: float,
@@ -135,9 +126,14 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
     network = model_lib.build(config.model, len(classes), config.pretrained_weights)
     if config.warm_start:
         network.load_weights(config.warm_start)
-    model = model_lib.with_augmentation(network, config.seed) if config.augment else network
+    model = model_lib.training_model(network, config)
     one_hot = np.eye(len(classes), dtype=np.float32)
     targets = one_hot[y[~held_out]]
+    class_weight = recipe.class_weight_for(config, counts)
+    # Keras weighs an example by the class of argmax(target); with soft targets that is
+    # the teacher's guess, so the weights follow the true labels here instead.
+    example_weights = (np.asarray([class_weight[c] for c in y[~held_out]], np.float32)
+                       if class_weight and teacher else None)
     if teacher:
         teacher_network = model_lib.build(teacher.model, len(classes))
         teacher_network.load_weights(teacher.weights)
@@ -145,10 +141,11 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
                                teacher.weight, teacher.temperature)
     started = time.time()
     history = recipe.fit(
-        model, network, _batches(x[~held_out], targets, config.batch_size, config.seed),
+        model, network, _Shuffled(x[~held_out], targets, config.batch_size, config.seed, example_weights),
         (x[held_out], one_hot[y[held_out]]), config, output,
         checkpoint_dir=config.checkpoint_dir or os.path.join(output, "checkpoints"),
-        class_weight=recipe.class_weights(counts) if config.imbalance == "class_weight" else None)
+        class_weight=None if example_weights is not None else class_weight,
+        data_id=f"{os.path.abspath(data)} per_class={per_class} teacher={teacher}")
     seconds = time.time() - started
     weights = os.path.join(output, f"{config.model}.weights.h5")
     network.save_weights(weights)
@@ -183,16 +180,13 @@ def machine() -> str:
     return description
 
 
-def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> keras.utils.PyDataset:
-    return _Shuffled(x, y, batch_size, seed)
-
-
 class _Shuffled(keras.utils.PyDataset):
-    """Shuffled mini-batches of in-memory arrays, reshuffled every epoch."""
+    """Shuffled mini-batches of in-memory arrays (and per-example weights), reshuffled
+    every epoch."""
 
-    def __init__(self, x, y, batch_size, seed):
+    def __init__(self, x, y, batch_size, seed, weights=None):
         super().__init__()
-        self.x, self.y, self.batch_size = x, y, batch_size
+        self.x, self.y, self.batch_size, self.weights = x, y, batch_size, weights
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(x))
 
@@ -201,7 +195,9 @@ class _Shuffled(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         chosen = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        return self.x[chosen], self.y[chosen]
+        if self.weights is None:
+            return self.x[chosen], self.y[chosen]
+        return self.x[chosen], self.y[chosen], self.weights[chosen]
 
     def on_epoch_end(self):
         self.order = self.rng.permutation(len(self.x))
@@ -219,7 +215,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=TrainingConfig.learning_rate)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainingConfig.optimizer)
     parser.add_argument("--label-smoothing", type=float, default=0.0)
-    parser.add_argument("--imbalance", default=TrainingConfig.imbalance)
+    parser.add_argument("--imbalance", choices=("class_weight", "none"), default=TrainingConfig.imbalance)
     parser.add_argument("--patience", type=int, default=TrainingConfig.early_stopping_patience)
     parser.add_argument("--pretrained-weights", default="")
     parser.add_argument("--warm-start", default="")

@@ -36,7 +36,7 @@ class FerHyperModel(keras_tuner.HyperModel):
     def build(self, hp: keras_tuner.HyperParameters):
         config = self.config
         network = model_lib.build(config.model, len(config.classes), config.pretrained_weights)
-        model = model_lib.with_augmentation(network, config.seed) if config.augment else network
+        model = model_lib.training_model(network, config)
         return model_lib.compile_model(
             model, hp.Choice("learning_rate", list(self.tuning.learning_rates)),
             hp.Choice("optimizer", list(self.tuning.optimizers)), config.label_smoothing,
@@ -57,7 +57,7 @@ def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
         FerHyperModel(config, tuning), objective=keras_tuner.Objective("val_accuracy", "max"),
         max_trials=tuning.max_trials, seed=config.seed, directory=fn_args.working_dir,
         project_name=f"tune_{config.model}", overwrite=True)
-    class_weight = recipe.class_weights(counts) if config.imbalance == "class_weight" else None
+    class_weight = recipe.class_weight_for(config, counts)
     return TunerFnResult(tuner=tuner, fit_kwargs={
         "x": train.unbatch(), "validation_data": validation, "epochs": tuning.epochs,
         "class_weight": class_weight, "verbose": 2})
