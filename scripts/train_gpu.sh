@@ -6,6 +6,7 @@
 #
 # MODEL: any of vggnet dcnn vgg16 resnet50 vggnet-hsn dcnn-hsn compact (default: all but
 # compact, which is distilled from out/vggnet afterwards: run `... scripts/train_gpu.sh compact`).
+# MAX_MINUTES=N stops each run cleanly after N minutes of training (best weights kept).
 # Each run writes OUT/<name>/ (weights, result.json, curves.png) and OUT/<name>.log, and
 # resumes from its checkpoints when started again. Then export each through the pipeline:
 #   fer-pipeline run --data DATA --output runs/<name> --model <model> [--classes ...] \
@@ -38,6 +39,7 @@ runs=("$@")
 for run in "${runs[@]}"; do
   # shellcheck disable=SC2046
   python -m components.trainer.standalone --data "$DATA" --output "$OUT/$run" $(args_of "$run") \
+    --max-minutes "${MAX_MINUTES:-0}" \
     > "$OUT/$run.log" 2>&1 &
 done
 wait

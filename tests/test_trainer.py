@@ -263,3 +263,14 @@ def test_distillation_targets_mix_labels_with_the_softened_teacher():
     np.testing.assert_allclose(targets, [[0.9, 0.05, 0.05], [0.1, 0.6, 0.3]], atol=1e-6)
     softer = standalone.soft_targets(np.array([0]), teacher[:1], weight=1.0, temperature=4.0)
     assert softer[0, 0] < 0.8 and softer.sum() == pytest.approx(1.0)   # a higher temperature flattens
+
+
+def test_a_spent_time_budget_stops_training_cleanly_with_the_best_weights(tmp_path):
+    if not (FER2013 / "train").is_dir():
+        pytest.skip("FER2013 not found")
+    x, y = _faces("train", 8)
+    network = model_lib.build("compact", len(SUBSET))
+    config = TrainingConfig(model="compact", classes=SUBSET, epochs=50, imbalance="none")
+    history = recipe.fit(network, network, tf.data.Dataset.from_tensor_slices((x, y)).batch(8), (x, y),
+                         config, str(tmp_path), extra_callbacks=[recipe.StopWhenAsked(minutes=1e-6)])
+    assert len(history["loss"]) == 1   # stopped after its first epoch instead of 50

@@ -43,6 +43,27 @@ def class_weights(counts: Sequence[int]) -> Dict[int, float]:
     return {c: float(total / (k * n)) if n > 0 else 1.0 for c, n in enumerate(counts)}
 
 
+class StopWhenAsked(keras.callbacks.Callback):
+    """Ends training cleanly at the end of the current epoch once `minutes` have passed
+    or the process got SIGTERM; EarlyStopping then still restores the best weights and
+    the caller saves them (a lease or a pod ending does not lose the run)."""
+
+    def __init__(self, minutes: float = 0.0):
+        super().__init__()
+        import signal
+        import time
+        self._deadline = time.monotonic() + minutes * 60 if minutes > 0 else None
+        self._asked = False
+        self._clock = time.monotonic
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_asked", True))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._asked or (self._deadline is not None and self._clock() >= self._deadline):
+            logger.warning("stopping after epoch %d: %s", epoch + 1,
+                           "SIGTERM" if self._asked else "time budget spent")
+            self.model.stop_training = True
+
+
 def callbacks(config: TrainingConfig, log_dir: str, checkpoint_dir: str,
               phase: str) -> List[keras.callbacks.Callback]:
     return [

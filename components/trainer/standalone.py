@@ -112,7 +112,7 @@ class Teacher:
 
 
 def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
-          teacher: Optional[Teacher] = None) -> Dict:
+          teacher: Optional[Teacher] = None, max_minutes: float = 0.0) -> Dict:
     """Trains `config.model` on data/train (distilled from `teacher` if given), evaluates
     on data/test; writes the weights, result.json and curves.png into `output`; returns
     the result."""
@@ -145,6 +145,7 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
         (x[held_out], one_hot[y[held_out]]), config, output,
         checkpoint_dir=config.checkpoint_dir or os.path.join(output, "checkpoints"),
         class_weight=None if example_weights is not None else class_weight,
+        extra_callbacks=[recipe.StopWhenAsked(max_minutes)],
         data_id=f"{os.path.abspath(data)} per_class={per_class} teacher={teacher}")
     seconds = time.time() - started
     weights = os.path.join(output, f"{config.model}.weights.h5")
@@ -226,6 +227,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--distill-weight", type=float, default=0.7,
                         help="share of the teacher's soft targets in the training targets")
     parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--max-minutes", type=float, default=0.0,
+                        help="stop cleanly (best weights kept and saved) after this many minutes "
+                             "of training; SIGTERM does the same")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -240,7 +244,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise ValueError("--teacher-model and --teacher-weights go together")
         teacher = (Teacher(args.teacher_model, args.teacher_weights, args.distill_weight, args.temperature)
                    if args.teacher_model else None)
-        result = train(args.data, args.output, config, args.per_class, teacher)
+        result = train(args.data, args.output, config, args.per_class, teacher, args.max_minutes)
     except (ValueError, FileNotFoundError) as error:
         sys.stderr.write(f"error: {error}\n")
         return 2
