@@ -166,7 +166,9 @@ def format_text(result: Dict) -> str:
             lines.append(f"  {'blocks' if finding['blocking'] else 'warns'}: {finding['message']}")
         lines.append("  data report: " + os.path.join(
             result.get("reports_dir", validation["report_dir"]), data_report.REPORT_HTML))
-    if "training" in result:
+    if "training" in result and not result["training"]["epochs"]:
+        lines.append("Training: none: the warm-start weights were exported as they are")
+    elif "training" in result:
         lines.append(f"Training: {result['training']['epochs']} epochs, best validation accuracy "
                      f"{result['training']['best_val_accuracy']:.3f} (validation carved from train)")
         balance = result["training"].get("class_balance")

@@ -16,6 +16,10 @@ from tests.conftest import FER2013, REPO
 SHIPPED = sorted(glob.glob(str(REPO / "models" / "*" / ship.METADATA_JSON)))
 
 
+def test_the_repository_ships_models():
+    assert any("compact" in p for p in SHIPPED), "models/ should hold at least the compact model"
+
+
 def _version_dir(metadata_path: str, metadata: dict) -> str:
     return os.path.join(os.path.dirname(metadata_path), str(metadata["version"]))
 
