@@ -22,8 +22,9 @@ import traceback
 import warnings
 from typing import List, Optional
 
-# Quiet TensorFlow's C++ start-up chatter and library deprecation notices.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if "--verbose" in sys.argv else "3")
+# Quiet TensorFlow's C++ start-up chatter and library deprecation notices. Set, not
+# defaulted: importing JAX (a Keras backend) in a parent process exports level 1.
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if "--verbose" in sys.argv else "3"
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
