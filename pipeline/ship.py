@@ -30,14 +30,9 @@ MAX_MODEL_BYTES = 50 * 1024 * 1024
 
 def test_images(data: str, classes: Sequence[str]) -> Dict[str, List[str]]:
     """{emotion: sorted image paths} of data/test/<emotion>/ for the model's classes."""
-    from components.trainer.standalone import IMAGE_SUFFIXES
+    from components.trainer.standalone import image_files
 
-    out = {}
-    for emotion in classes:
-        folder = os.path.join(data, "test", emotion)
-        out[emotion] = sorted(os.path.join(folder, n) for n in os.listdir(folder)
-                              if n.lower().endswith(IMAGE_SUFFIXES))
-    return out
+    return {emotion: image_files(os.path.join(data, "test", emotion)) for emotion in classes}
 
 
 def evaluate_saved_model(path: str, data: str, batch_size: int = 256) -> Dict:

@@ -1,5 +1,4 @@
 """TFX Trainer entry point: `run_fn` only orchestrates (config -> data -> fit -> export)."""
-import dataclasses
 import json
 import os
 
@@ -53,7 +52,7 @@ def run_fn(fn_args: FnArgs) -> None:
     with open(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
         json.dump(history, f, indent=1)
     with open(os.path.join(fn_args.model_run_dir, "training_config.json"), "w") as f:
-        json.dump(dataclasses.asdict(config), f, indent=1)
+        json.dump(config.to_dict(), f, indent=1)
     with open(os.path.join(fn_args.model_run_dir, "class_balance.json"), "w") as f:
         json.dump({"imbalance": config.imbalance,
                    "train_counts": dict(zip(config.classes, counts.tolist())),

@@ -47,6 +47,16 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 RESULT_JSON = "result.json"
 
 
+def image_files(folder: str) -> List[str]:
+    """The image files of `folder`, sorted; anything else there is logged as skipped."""
+    names = sorted(os.listdir(folder))
+    images = [os.path.join(folder, n) for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
+    if len(images) < len(names):
+        logging.getLogger(__name__).warning("%s: skipped %d file(s) that are not %s images", folder,
+                                            len(names) - len(images), "/".join(IMAGE_SUFFIXES))
+    return images
+
+
 def load_split(root: str, split: str, classes: Sequence[str],
                per_class: int = 0) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """(pixels [N, 48, 48, 1] float32 in [0, 1], class ids [N], image ids) of
@@ -57,9 +67,8 @@ def load_split(root: str, split: str, classes: Sequence[str],
         folder = os.path.join(root, split, emotion)
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{folder}: no such folder (expected {split}/<emotion>/ images)")
-        names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES))
-        for name in names[:per_class or None]:
-            path = os.path.join(folder, name)
+        for path in image_files(folder)[:per_class or None]:
+            name = os.path.basename(path)
             try:
                 with Image.open(path) as image:
                     array = np.asarray(image.convert("L"), dtype=np.float32)
