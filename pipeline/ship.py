@@ -10,12 +10,13 @@ model's `predict_image` signature. `--result` adds what the standalone trainer r
 (recipe, history, training time and machine, flip test-time augmentation).
 """
 import argparse
+import io
 import json
 import os
 import shutil
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,23 +36,42 @@ def test_images(data: str, classes: Sequence[str]) -> Dict[str, List[str]]:
     return {emotion: image_files(os.path.join(data, "test", emotion)) for emotion in classes}
 
 
+def publictest_probabilities(path: str, data: str, flip: bool = False, batch_size: int = 256,
+                             per_class: int = 0) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """(true class ids, probabilities [N, classes], class names) of the SavedModel at
+    `path` on data/test for its own classes, through `predict_image`. `flip` feeds each
+    face mirrored left-right (as a lossless PNG) instead; `per_class` > 0 takes only the
+    first that many images of each class."""
+    import tensorflow as tf
+
+    predict = tf.saved_model.load(path).signatures[features.PREDICT_IMAGE_SIGNATURE]
+    classes = _classes_of(predict)
+    truth, probabilities = [], []
+    for class_id, (emotion, paths) in enumerate(test_images(data, classes).items()):
+        paths = paths[:per_class] if per_class > 0 else paths
+        for start in range(0, len(paths), batch_size):
+            chunk = [_mirrored(p) if flip else open(p, "rb").read()
+                     for p in paths[start:start + batch_size]]
+            out = predict(**{features.IMAGES_INPUT: tf.constant(chunk)})
+            probabilities.append(out[features.PROBABILITIES_OUTPUT].numpy())
+            truth += [class_id] * len(chunk)
+    return np.asarray(truth), np.concatenate(probabilities), classes
+
+
+def _mirrored(path: str) -> bytes:
+    from PIL import Image, ImageOps
+
+    out = io.BytesIO()
+    ImageOps.mirror(Image.open(path)).save(out, format="PNG")
+    return out.getvalue()
+
+
 def evaluate_saved_model(path: str, data: str, batch_size: int = 256) -> Dict:
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of the
     SavedModel at `path` on data/test (its own classes, named in `classes`), through
     `predict_image`."""
-    import tensorflow as tf
-
-    model = tf.saved_model.load(path)
-    predict = model.signatures[features.PREDICT_IMAGE_SIGNATURE]
-    classes = _classes_of(predict)
-    truth, predicted = [], []
-    for class_id, (emotion, paths) in enumerate(test_images(data, classes).items()):
-        for start in range(0, len(paths), batch_size):
-            chunk = [open(p, "rb").read() for p in paths[start:start + batch_size]]
-            out = predict(**{features.IMAGES_INPUT: tf.constant(chunk)})
-            predicted += out[features.PROBABILITIES_OUTPUT].numpy().argmax(axis=1).tolist()
-            truth += [class_id] * len(chunk)
-    return dict(classification_metrics(np.asarray(truth), np.asarray(predicted), classes),
+    truth, probabilities, classes = publictest_probabilities(path, data, batch_size=batch_size)
+    return dict(classification_metrics(truth, probabilities.argmax(axis=1), classes),
                 split="FER2013 PublicTest (test/ folder)", classes=classes)
 
 

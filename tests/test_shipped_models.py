@@ -56,3 +56,28 @@ def test_shipped_model_metadata_names_classes_data_recipe_and_date():
         for key in ("classes", "training_data", "metrics_publictest", "date", "version"):
             assert metadata.get(key), (metadata_path, key)
         assert os.path.isfile(os.path.join(_version_dir(metadata_path, metadata), "saved_model.pb"))
+
+
+def test_flip_tta_and_ensemble_are_scored_through_the_served_models():
+    if not (FER2013 / "test").is_dir():
+        pytest.skip("FER2013 not found")
+    from pipeline import ensemble
+
+    compact = str(REPO / "models" / "fer2013-compact")
+    report = ensemble.evaluate([compact, compact], str(FER2013), per_class=15)
+    single, tta = report["models"]["fer2013-compact"], report["models"]["fer2013-compact#2"]
+    assert single["single"]["examples"] == 7 * 15
+    # The same model twice: the ensemble is that model, flip TTA differs from no TTA.
+    assert report["ensemble"] == single["single"] == tta["single"]
+    assert report["ensemble_flip_tta"] == single["flip_tta"]
+    path = os.path.join(compact, str(json.load(open(os.path.join(compact, ship.METADATA_JSON)))["version"]))
+    truth, plain, classes = ship.publictest_probabilities(path, str(FER2013), per_class=15)
+    _, mirrored, _ = ship.publictest_probabilities(path, str(FER2013), flip=True, per_class=15)
+    assert classes == report["classes"]
+    assert np.abs(plain - mirrored).max() > 0.05  # the mirror image really was fed
+    assert ensemble._scored(truth, (plain + mirrored) / 2, classes) == single["flip_tta"]
+    others = [os.path.dirname(p) for p in SHIPPED
+              if json.load(open(p))["classes"] != report["classes"]]
+    for other in others:
+        with pytest.raises(ValueError, match="same classes"):
+            ensemble.evaluate([compact, other], str(FER2013), per_class=1)
