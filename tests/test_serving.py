@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -347,3 +348,24 @@ def test_benchmark_script_runs_and_reports_every_measurement(pushed, tmp_path):
     results = json.loads(out.read_text())
     assert results["saved_model"]["batch"] == 4 and results["saved_model"]["p50_ms"] > 0
     assert results["photo"]["faces_found"] == 2
+
+
+def test_benchmark_sets_tensorflows_thread_pools_in_its_own_process(pushed, tmp_path):
+    faces_dir = real_images("test", "happy", 4)[0].parent
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "serving.benchmark", "--model", pushed[0],
+                           "--faces", str(faces_dir), "--runs", "12", "--batch", "4",
+                           "--intra-op-threads", "1", "--inter-op-threads", "2", "--json", str(out)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["threads"] == {"intra_op": 1, "inter_op": 2}
+    assert results["saved_model"]["p50_ms"] > 0
+
+
+def test_benchmark_refuses_thread_settings_once_tensorflow_runs(pushed):
+    from serving import benchmark
+
+    tf.constant(1.0) + 1.0  # TensorFlow's runtime is up in this process
+    with pytest.raises(SystemExit, match="before TensorFlow starts"):
+        benchmark.set_threads(1, 0)
