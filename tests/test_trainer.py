@@ -274,3 +274,26 @@ def test_a_spent_time_budget_stops_training_cleanly_with_the_best_weights(tmp_pa
     history = recipe.fit(network, network, tf.data.Dataset.from_tensor_slices((x, y)).batch(8), (x, y),
                          config, str(tmp_path), extra_callbacks=[recipe.StopWhenAsked(minutes=1e-6)])
     assert len(history["loss"]) == 1   # stopped after its first epoch instead of 50
+
+
+@pytest.mark.parametrize("name", ["compact", "dcnn"])
+def test_a_subset_model_starts_from_a_seven_class_model_as_its_renormalised_probabilities(name, tmp_path):
+    full = model_lib.build(name, 7)
+    path = str(tmp_path / "full.weights.h5")
+    full.save_weights(path)
+    subset = ["happy", "sad", "neutral"]
+    narrow = model_lib.build(name, len(subset))
+    model_lib.load_weights_for_classes(narrow, name, path, features.EMOTIONS, subset)
+    faces = np.random.default_rng(0).random((5, 48, 48, 1), dtype=np.float32)
+    seven = full.predict(faces, verbose=0)[:, [features.EMOTIONS.index(c) for c in subset]]
+    np.testing.assert_allclose(narrow.predict(faces, verbose=0),
+                               seven / seven.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="lacks surprise"):
+        model_lib.load_weights_for_classes(model_lib.build(name, 2), name, path,
+                                           ["happy", "sad", "neutral"], ["happy", "surprise"])
+
+
+def test_standalone_warm_start_classes_needs_warm_start(tmp_path, capsys):
+    assert standalone.main(["--data", str(tmp_path), "--output", str(tmp_path / "o"), "--classes",
+                            "happy,sad", "--warm-start-classes", ",".join(features.EMOTIONS)]) == 2
+    assert "--warm-start-classes needs --warm-start" in capsys.readouterr().err

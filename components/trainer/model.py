@@ -13,7 +13,7 @@ graph must not capture).
 import dataclasses
 import logging
 import os
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import keras
 from keras import layers
@@ -270,6 +270,29 @@ def build(name: str, num_classes: int, pretrained: str = "") -> keras.Model:
         raise ValueError(f"pretrained weights apply to {', '.join(config.TRANSFER_MODELS)} only, "
                          f"not {name!r}")
     return BUILDERS[name](INPUT_SHAPE, num_classes)
+
+
+def load_weights_for_classes(network: keras.Model, name: str, path: str,
+                             trained_classes: Sequence[str], classes: Sequence[str]) -> None:
+    """Loads into `network` (model `name` built for `classes`) the weights at `path` of the
+    same model trained on `trained_classes`, a superset: every layer as trained, and the
+    classifier's outputs for `classes` only. The network's probabilities are then the
+    trained model's probabilities renormalised over `classes` (softmax of a subset of the
+    logits), e.g. a happy/sad/neutral model started from a 7-emotion one."""
+    missing = [c for c in classes if c not in trained_classes]
+    if missing:
+        raise ValueError(f"{path}: trained on {', '.join(trained_classes)}, which lacks "
+                         f"{', '.join(missing)}")
+    trained = build(name, len(trained_classes))
+    trained.load_weights(local_file(path))
+    keep = [list(trained_classes).index(c) for c in classes]
+    for source, target in zip(trained.layers, network.layers):
+        values = []
+        for value, wanted in zip(source.get_weights(), target.get_weights()):
+            if value.shape != wanted.shape:  # the classifier: keep the wanted classes' outputs
+                value = value[..., keep]
+            values.append(value)
+        target.set_weights(values)
 
 
 def optimizer(name: str, learning_rate: float, momentum: float = 0.9,

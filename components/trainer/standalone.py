@@ -121,10 +121,12 @@ class Teacher:
 
 
 def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
-          teacher: Optional[Teacher] = None, max_minutes: float = 0.0) -> Dict:
+          teacher: Optional[Teacher] = None, max_minutes: float = 0.0,
+          warm_start_classes: Sequence[str] = ()) -> Dict:
     """Trains `config.model` on data/train (distilled from `teacher` if given), evaluates
     on data/test; writes the weights, result.json and curves.png into `output`; returns
-    the result."""
+    the result. `warm_start_classes`: the classes `config.warm_start` was trained on, when
+    not the same as `config.classes` (a superset)."""
     os.makedirs(output, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     classes = list(config.classes)
@@ -133,8 +135,12 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
     x_test, y_test, _ = load_split(data, "test", classes, per_class)
     counts = np.bincount(y[~held_out], minlength=len(classes))
     network = model_lib.build(config.model, len(classes), config.pretrained_weights)
-    if config.warm_start:
+    if config.warm_start and warm_start_classes and list(warm_start_classes) != classes:
+        model_lib.load_weights_for_classes(network, config.model, config.warm_start,
+                                           warm_start_classes, classes)
+    elif config.warm_start:
         network.load_weights(config.warm_start)
+    warm_start_test = (evaluate(network, x_test, y_test, classes) if config.warm_start else None)
     model = model_lib.training_model(network, config)
     one_hot = np.eye(len(classes), dtype=np.float32)
     targets = one_hot[y[~held_out]]
@@ -148,14 +154,15 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
         teacher_network.load_weights(teacher.weights)
         targets = soft_targets(y[~held_out], teacher_network.predict(x[~held_out], batch_size=256, verbose=0),
                                teacher.weight, teacher.temperature)
-    started = time.time()
+    started, epochs = time.time(), _EpochCounter()
     history = recipe.fit(
         model, network, _Shuffled(x[~held_out], targets, config.batch_size, config.seed, example_weights),
         (x[held_out], one_hot[y[held_out]]), config, output,
         checkpoint_dir=config.checkpoint_dir or os.path.join(output, "checkpoints"),
         class_weight=None if example_weights is not None else class_weight,
-        extra_callbacks=[recipe.StopWhenAsked(max_minutes)],
-        data_id=f"{os.path.abspath(data)} per_class={per_class} teacher={teacher}")
+        extra_callbacks=[recipe.StopWhenAsked(max_minutes), epochs],
+        data_id=f"{os.path.abspath(data)} per_class={per_class} teacher={teacher}"
+                + (f" warm_start_classes={list(warm_start_classes)}" if warm_start_classes else ""))
     seconds = time.time() - started
     weights = os.path.join(output, f"{config.model}.weights.h5")
     network.save_weights(weights)
@@ -168,12 +175,15 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
         "train_examples": int((~held_out).sum()), "validation_examples": int(held_out.sum()),
         "train_class_counts": dict(zip(classes, counts.tolist())),
         "epochs_run": len(history.get("loss", [])), "training_seconds": round(seconds, 1),
-        "seconds_per_epoch": round(seconds / max(len(history.get("loss", [])), 1), 1),
+        # This invocation's epochs only: a resumed run did the others earlier.
+        "seconds_per_epoch": round(seconds / max(epochs.count, 1), 1),
         "best_validation_accuracy": max(history.get("val_accuracy", [0.0])),
         "test": evaluate(network, x_test, y_test, classes),
         "test_flip_tta": evaluate(network, x_test, y_test, classes, flip=True),
         "recipe": dataclasses.asdict(config), "history": history,
         "teacher": dataclasses.asdict(teacher) if teacher else None,
+        "warm_start_classes": list(warm_start_classes or classes) if config.warm_start else None,
+        "warm_start_test": warm_start_test,
         "machine": machine(), "date": time.strftime("%Y-%m-%d"),
     }
     with open(os.path.join(output, RESULT_JSON), "w") as f:
@@ -188,6 +198,15 @@ def machine() -> str:
         import jax
         description += "; " + ", ".join(sorted({d.device_kind for d in jax.devices()}))
     return description
+
+
+class _EpochCounter(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.count += 1
 
 
 class _Shuffled(keras.utils.PyDataset):
@@ -229,6 +248,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--patience", type=int, default=TrainingConfig.early_stopping_patience)
     parser.add_argument("--pretrained-weights", default="")
     parser.add_argument("--warm-start", default="")
+    parser.add_argument("--warm-start-classes",
+                        help="the classes --warm-start was trained on, if a superset of --classes "
+                             "(e.g. all 7 to start a happy/sad/neutral model)")
     parser.add_argument("--per-class", type=int, default=0, help="at most this many images per class")
     parser.add_argument("--teacher-model", choices=sorted(model_lib.BUILDERS),
                         help="distil from this trained model (with --teacher-weights)")
@@ -253,7 +275,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise ValueError("--teacher-model and --teacher-weights go together")
         teacher = (Teacher(args.teacher_model, args.teacher_weights, args.distill_weight, args.temperature)
                    if args.teacher_model else None)
-        result = train(args.data, args.output, config, args.per_class, teacher, args.max_minutes)
+        trained_classes = (features.validate_classes(args.warm_start_classes.split(","))
+                           if args.warm_start_classes else ())
+        if trained_classes and not args.warm_start:
+            raise ValueError("--warm-start-classes needs --warm-start")
+        result = train(args.data, args.output, config, args.per_class, teacher, args.max_minutes,
+                       trained_classes)
     except (ValueError, FileNotFoundError) as error:
         sys.stderr.write(f"error: {error}\n")
         return 2
