@@ -275,6 +275,16 @@ def test_a_spent_time_budget_stops_training_cleanly_with_the_best_weights(tmp_pa
                          config, str(tmp_path), extra_callbacks=[recipe.StopWhenAsked(minutes=1e-6)])
     assert len(history["loss"]) == 1   # stopped after its first epoch instead of 50
 
+    # Not finished: the same command resumes it (at epoch 2) instead of taking it as done.
+    history = recipe.fit(network, network, tf.data.Dataset.from_tensor_slices((x, y)).batch(8), (x, y),
+                         config, str(tmp_path), extra_callbacks=[recipe.StopWhenAsked(minutes=1e-6)])
+    assert len(history["loss"]) == 2
+    history = recipe.fit(network, network, tf.data.Dataset.from_tensor_slices((x, y)).batch(8), (x, y),
+                         config, str(tmp_path), extra_callbacks=[recipe.StopWhenAsked()])
+    assert len(history["loss"]) > 2   # ran to its end (early stopping or 50): finished, backup gone
+    [run_dir] = [d for d in (tmp_path / "checkpoints").iterdir() if d.is_dir()]
+    assert (run_dir / "train.done.weights.h5").is_file() and not (run_dir / "train.backup").exists()
+
 
 @pytest.mark.parametrize("name", ["compact", "dcnn"])
 def test_a_subset_model_starts_from_a_seven_class_model_as_its_renormalised_probabilities(name, tmp_path):

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from typing import Callable, Dict, List, Optional, Sequence
 
 import keras
@@ -54,6 +55,7 @@ class StopWhenAsked(keras.callbacks.Callback):
         import time
         self._deadline = time.monotonic() + minutes * 60 if minutes > 0 else None
         self._asked = False
+        self.stopped = False  # True once it ended a fit: that phase is not finished
         self._clock = time.monotonic
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_asked", True))
 
@@ -62,6 +64,11 @@ class StopWhenAsked(keras.callbacks.Callback):
             logger.warning("stopping after epoch %d: %s", epoch + 1,
                            "SIGTERM" if self._asked else "time budget spent")
             self.model.stop_training = True
+            self.stopped = True
+
+
+def backup_dir(checkpoint_dir: str, phase: str) -> str:
+    return os.path.join(checkpoint_dir, f"{phase}.backup")
 
 
 def callbacks(config: TrainingConfig, log_dir: str, checkpoint_dir: str,
@@ -79,8 +86,10 @@ def callbacks(config: TrainingConfig, log_dir: str, checkpoint_dir: str,
          # Keras writes TensorBoard logs with tf.summary: on the TensorFlow backend only
          # (history.csv and the curves cover the JAX backend).
          if keras.backend.backend() == "tensorflow" else []) + [
-        # Last, so that it saves after the others have updated their state.
-        keras.callbacks.BackupAndRestore(os.path.join(checkpoint_dir, f"{phase}.backup")),
+        # Last, so that it saves after the others have updated their state. Kept when a
+        # fit ends (`fit` removes it once the phase is finished), so a fit stopped on
+        # request (time budget, SIGTERM) resumes from it when run again.
+        keras.callbacks.BackupAndRestore(backup_dir(checkpoint_dir, phase), delete_checkpoint=False),
     ]
 
 
@@ -169,7 +178,12 @@ def fit(model: keras.Model, network: keras.Model, train, validation, config: Tra
         model.fit(train, validation_data=validation, epochs=phase["epochs"],
                   callbacks=callbacks(config, log_dir, checkpoint_dir, phase["name"]) + list(extra_callbacks),
                   class_weight=class_weight, verbose=2)
+        if any(isinstance(c, StopWhenAsked) and c.stopped for c in extra_callbacks):
+            logger.warning("phase %s stopped before its end; the same command resumes it from %s",
+                           phase["name"], backup_dir(checkpoint_dir, phase["name"]))
+            break
         model.save_weights(done)
+        shutil.rmtree(backup_dir(checkpoint_dir, phase["name"]), ignore_errors=True)
     return read_history(checkpoint_dir, [p["name"] for p in plan])
 
 

@@ -196,8 +196,13 @@ def machine() -> str:
     description = f"{platform.machine()}, {os.cpu_count()} CPUs"
     if keras.backend.backend() == "jax":
         import jax
-        description += "; " + ", ".join(sorted({d.device_kind for d in jax.devices()}))
-    return description
+        kinds = sorted({d.device_kind for d in jax.devices() if d.platform != "cpu"})
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        kinds = [d.name for d in tf.config.list_physical_devices("GPU")]
+    else:
+        kinds = []
+    return description + ("; " + ", ".join(kinds) if kinds else ", no GPU")
 
 
 class _EpochCounter(keras.callbacks.Callback):
