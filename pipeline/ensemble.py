@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from pipeline.scoring import classification_metrics
-from pipeline.ship import publictest_probabilities
+from pipeline.ship import publictest_probabilities, served_predictor
 
 
 def _scored(truth: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]) -> Dict:
@@ -36,9 +36,10 @@ def evaluate(model_dirs: Sequence[str], data: str, per_class: int = 0) -> Dict:
     plain, flipped, report = [], [], {"split": "FER2013 PublicTest (test/ folder)", "models": {}}
     truth = classes = None
     for model_dir in model_dirs:
-        path = resolve_model_dir(model_dir)
-        y, p, names = publictest_probabilities(path, data, per_class=per_class)
-        _, p_flip, _ = publictest_probabilities(path, data, flip=True, per_class=per_class)
+        predictor = served_predictor(resolve_model_dir(model_dir))
+        names = predictor[1]
+        y, p = publictest_probabilities(predictor, data, per_class=per_class)
+        _, p_flip = publictest_probabilities(predictor, data, flip=True, per_class=per_class)
         if classes is not None and names != classes:
             raise ValueError(f"{model_dir}: predicts {names}, the first model {classes}; an "
                              "ensemble needs the same classes in the same order")

@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -36,16 +36,22 @@ def test_images(data: str, classes: Sequence[str]) -> Dict[str, List[str]]:
     return {emotion: image_files(os.path.join(data, "test", emotion)) for emotion in classes}
 
 
-def publictest_probabilities(path: str, data: str, flip: bool = False, batch_size: int = 256,
-                             per_class: int = 0) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-    """(true class ids, probabilities [N, classes], class names) of the SavedModel at
-    `path` on data/test for its own classes, through `predict_image`. `flip` feeds each
-    face mirrored left-right (as a lossless PNG) instead; `per_class` > 0 takes only the
-    first that many images of each class."""
+def served_predictor(path: str) -> Tuple[Callable, List[str]]:
+    """(`predict_image` of the SavedModel at `path`, its class names in output order)."""
     import tensorflow as tf
 
     predict = tf.saved_model.load(path).signatures[features.PREDICT_IMAGE_SIGNATURE]
-    classes = _classes_of(predict)
+    return predict, _classes_of(predict)
+
+
+def publictest_probabilities(predictor: Tuple[Callable, List[str]], data: str, flip: bool = False,
+                             batch_size: int = 256, per_class: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """(true class ids, probabilities [N, classes]) of a `served_predictor` on data/test
+    for its own classes. `flip` feeds each face mirrored left-right (as a lossless PNG)
+    instead; `per_class` > 0 takes only the first that many images of each class."""
+    import tensorflow as tf
+
+    predict, classes = predictor
     truth, probabilities = [], []
     for class_id, (emotion, paths) in enumerate(test_images(data, classes).items()):
         paths = paths[:per_class] if per_class > 0 else paths
@@ -55,7 +61,7 @@ def publictest_probabilities(path: str, data: str, flip: bool = False, batch_siz
             out = predict(**{features.IMAGES_INPUT: tf.constant(chunk)})
             probabilities.append(out[features.PROBABILITIES_OUTPUT].numpy())
             truth += [class_id] * len(chunk)
-    return np.asarray(truth), np.concatenate(probabilities), classes
+    return np.asarray(truth), np.concatenate(probabilities)
 
 
 def _mirrored(path: str) -> bytes:
@@ -70,7 +76,9 @@ def evaluate_saved_model(path: str, data: str, batch_size: int = 256) -> Dict:
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of the
     SavedModel at `path` on data/test (its own classes, named in `classes`), through
     `predict_image`."""
-    truth, probabilities, classes = publictest_probabilities(path, data, batch_size=batch_size)
+    predictor = served_predictor(path)
+    truth, probabilities = publictest_probabilities(predictor, data, batch_size=batch_size)
+    classes = predictor[1]
     return dict(classification_metrics(truth, probabilities.argmax(axis=1), classes),
                 split="FER2013 PublicTest (test/ folder)", classes=classes)
 

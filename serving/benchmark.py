@@ -138,7 +138,10 @@ def main(argv=None) -> int:
     faces = [open(os.path.join(args.faces, n), "rb").read() for n in names]
     if len(faces) < 2:
         parser.error(f"--faces: need at least 2 images in {args.faces}")
-    results = {"cpus": os.cpu_count(), "threads": threads,
+    from components.trainer.standalone import machine
+
+    results = {"machine": machine(), "cpus": os.cpu_count(), "threads": threads,
+               "model": args.model, "date": time.strftime("%Y-%m-%d"),
                "saved_model": bench_saved_model(args.model, faces, args.runs, args.batch),
                "photo": bench_photo(args.model, faces, max(10, args.runs // 15))}
     if args.fer_model:

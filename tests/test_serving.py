@@ -359,7 +359,7 @@ def test_benchmark_sets_tensorflows_thread_pools_in_its_own_process(pushed, tmp_
                           capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())
-    assert results["threads"] == {"intra_op": 1, "inter_op": 2}
+    assert results["threads"] == {"intra_op": 1, "inter_op": 2} and results["machine"]
     assert results["saved_model"]["p50_ms"] > 0
 
 

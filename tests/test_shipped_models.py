@@ -71,8 +71,10 @@ def test_flip_tta_and_ensemble_are_scored_through_the_served_models():
     assert report["ensemble"] == single["single"] == tta["single"]
     assert report["ensemble_flip_tta"] == single["flip_tta"]
     path = os.path.join(compact, str(json.load(open(os.path.join(compact, ship.METADATA_JSON)))["version"]))
-    truth, plain, classes = ship.publictest_probabilities(path, str(FER2013), per_class=15)
-    _, mirrored, _ = ship.publictest_probabilities(path, str(FER2013), flip=True, per_class=15)
+    predictor = ship.served_predictor(path)
+    classes = predictor[1]
+    truth, plain = ship.publictest_probabilities(predictor, str(FER2013), per_class=15)
+    _, mirrored = ship.publictest_probabilities(predictor, str(FER2013), flip=True, per_class=15)
     assert classes == report["classes"]
     assert np.abs(plain - mirrored).max() > 0.05  # the mirror image really was fed
     assert ensemble._scored(truth, (plain + mirrored) / 2, classes) == single["flip_tta"]
