@@ -20,6 +20,17 @@ USAGE_PUBLIC_TEST = "PublicTest"
 USAGE_PRIVATE_TEST = "PrivateTest"
 SPLIT_BY_USAGE = {USAGE_TRAINING: "train", USAGE_PUBLIC_TEST: "eval", USAGE_PRIVATE_TEST: "test"}
 SPLITS: Tuple[str, ...] = ("train", "eval", "test")
+# Kaggle folder layout (train/<emotion>/, test/<emotion>/): test/ files named
+# PrivateTest_* are the PrivateTest half; the rest of test/ is PublicTest.
+PRIVATE_TEST_FILE_PREFIX = USAGE_PRIVATE_TEST + "_"
+
+
+def folder_split(folder: str, file_name: str) -> str:
+    """The split a file of the folder layout feeds: everything in train/ feeds train;
+    in test/, PrivateTest_* files feed test and the others (PublicTest) eval."""
+    if folder == "train":
+        return "train"
+    return "test" if file_name.startswith(PRIVATE_TEST_FILE_PREFIX) else "eval"
 
 # Raw tf.Example features written by the ExampleGen.
 IMAGE_KEY = "image"              # encoded image bytes (JPEG as downloaded, or PNG)

@@ -30,10 +30,11 @@ MAX_MODEL_BYTES = 50 * 1024 * 1024
 
 
 def test_images(data: str, classes: Sequence[str]) -> Dict[str, List[str]]:
-    """{emotion: sorted image paths} of data/test/<emotion>/ for the model's classes."""
-    from components.trainer.standalone import image_files
+    """{emotion: sorted PublicTest image paths} of data/test/<emotion>/ for the model's
+    classes (PrivateTest_* files there are kept back)."""
+    from components.trainer.standalone import split_images
 
-    return {emotion: image_files(os.path.join(data, "test", emotion)) for emotion in classes}
+    return {emotion: split_images(data, "test", emotion) for emotion in classes}
 
 
 def served_predictor(path: str) -> Tuple[Callable, List[str]]:
@@ -110,6 +111,7 @@ def ship(pushed: str, name: str, data: str, models_dir: str = "models",
     if os.path.exists(target):
         shutil.rmtree(target)
     shutil.copytree(pushed, target)
+    strip_run_paths(target, run_output(pushed))
     metadata = {
         "name": name, "version": int(version), "classes": measured.pop("classes"),
         "signatures": {features.PREDICT_IMAGE_SIGNATURE: "encoded JPEG/PNG bytes -> probabilities, label, classes",
@@ -130,13 +132,54 @@ def ship(pushed: str, name: str, data: str, models_dir: str = "models",
         metadata["publictest_flip_tta"] = trained.get("test_flip_tta")
         metadata["history"] = trained.get("history")
     with open(os.path.join(models_dir, name, METADATA_JSON), "w") as f:
-        json.dump(metadata, f, indent=1)
+        json.dump(_without_directories(metadata), f, indent=1)
     write_confusion_png(measured, metadata["classes"], os.path.join(models_dir, name, CONFUSION_PNG),
                         f"{name}: PublicTest, accuracy {measured['accuracy']:.3f}")
     if metadata.get("history"):
         from components.trainer.recipe import write_curves
         write_curves(metadata["history"], os.path.join(models_dir, name, CURVES_PNG), name)
     return metadata
+
+
+RUN_OUTPUT = "PIPELINE_OUTPUT"  # what stands for the exporting run's folder in shipped files
+_TEXT_ASSETS = (".html", ".json", ".md", ".txt")
+
+
+def run_output(pushed: str) -> str:
+    """The pipeline run's output folder of a pushed version `<output>/serving/<name>/<version>`."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(pushed))))
+
+
+def strip_run_paths(version_dir: str, output: str) -> int:
+    """Rewrites the lineage in the text files of `version_dir/assets.extra` (audit report,
+    model card) so that artifact URIs under the exporting run's `output` folder read
+    `PIPELINE_OUTPUT/...`: a shipped model names no folder of the machine that made it.
+    Returns the number of files changed."""
+    output = os.path.abspath(output).rstrip("/")
+    changed = 0
+    for folder, _, files in os.walk(os.path.join(version_dir, "assets.extra")):
+        for name in files:
+            path = os.path.join(folder, name)
+            if not name.endswith(_TEXT_ASSETS):
+                continue
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            if output in text:
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(text.replace(output, RUN_OUTPUT))
+                changed += 1
+    return changed
+
+
+def _without_directories(value):
+    """`value` with every absolute file path (warm start, teacher weights) cut to its file name."""
+    if isinstance(value, dict):
+        return {k: _without_directories(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_directories(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value) and "\n" not in value:
+        return os.path.basename(value)
+    return value
 
 
 def write_confusion_png(measured: Dict, classes: Sequence[str], path: str, title: str) -> None:

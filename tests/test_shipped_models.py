@@ -3,6 +3,7 @@ accuracy recomputed here matches its metadata within half a point."""
 import glob
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -83,3 +84,27 @@ def test_flip_tta_and_ensemble_are_scored_through_the_served_models():
     for other in others:
         with pytest.raises(ValueError, match="same classes"):
             ensemble.evaluate([compact, other], str(FER2013), per_class=1)
+
+
+def test_shipped_files_name_no_folder_of_the_machine_that_made_them():
+    folder = re.compile(r"(?<![\w:/.])/(?:tmp|home|root|work|mnt|var|Users)/")
+    for path in glob.glob(str(REPO / "models" / "**" / "*"), recursive=True):
+        if path.endswith((".json", ".md", ".html", ".txt")):
+            text = open(path, encoding="utf-8").read()
+            assert not folder.search(text), (path, folder.search(text).group(0))
+
+
+def test_ship_rewrites_the_exporting_runs_folder_and_cuts_weight_paths_to_file_names(tmp_path):
+    pushed = tmp_path / "run" / "serving" / "fer2013-x" / "17"
+    (pushed / "assets.extra").mkdir(parents=True)
+    uri = f"{tmp_path / 'run'}/tfx/Trainer/model/9"
+    (pushed / "assets.extra" / "model_card.md").write_text(f"- model_uri: {uri}\n")
+    (pushed / "assets.extra" / "warmup").write_bytes(str(tmp_path).encode())
+    assert ship.run_output(str(pushed)) == str(tmp_path / "run")
+    assert ship.strip_run_paths(str(pushed), ship.run_output(str(pushed))) == 1
+    assert (pushed / "assets.extra" / "model_card.md").read_text() == \
+        "- model_uri: PIPELINE_OUTPUT/tfx/Trainer/model/9\n"
+    assert (pushed / "assets.extra" / "warmup").read_bytes() == str(tmp_path).encode()
+    assert ship._without_directories({"recipe": {"warm_start": "/x/out/compact.weights.h5", "model": "dcnn"},
+                                      "notes": ["a/b", "/c/d.h5"]}) == \
+        {"recipe": {"warm_start": "compact.weights.h5", "model": "dcnn"}, "notes": ["a/b", "d.h5"]}

@@ -307,3 +307,17 @@ def test_standalone_warm_start_classes_needs_warm_start(tmp_path, capsys):
     assert standalone.main(["--data", str(tmp_path), "--output", str(tmp_path / "o"), "--classes",
                             "happy,sad", "--warm-start-classes", ",".join(features.EMOTIONS)]) == 2
     assert "--warm-start-classes needs --warm-start" in capsys.readouterr().err
+
+
+def test_the_standalone_trainer_scores_publictest_only_and_counts_privatetest_files_kept_back(
+        fer2013_root, tmp_path, caplog):
+    source = sorted((fer2013_root / "test" / "happy").iterdir())[:3]
+    folder = tmp_path / "test" / "happy"
+    folder.mkdir(parents=True)
+    for name, image in zip(("PublicTest_1.jpg", "PublicTest_2.jpg", "PrivateTest_3.jpg"), source):
+        (folder / name).write_bytes(image.read_bytes())
+    with caplog.at_level("WARNING"):
+        x, y, ids = standalone.load_split(str(tmp_path), "test", ["happy"])
+    assert ids == ["PublicTest_1-happy", "PublicTest_2-happy"] and x.shape == (2, 48, 48, 1)
+    assert "1 PrivateTest file(s) kept back" in caplog.text
+    assert features.folder_split("train", "PrivateTest_3.jpg") == "train"

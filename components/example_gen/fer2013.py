@@ -46,7 +46,6 @@ STATUSES = (OK, CONVERTED, QUARANTINED, EXCLUDED, SAMPLED_OUT)
 
 CSV_NAMES = ("fer2013.csv", "icml_face_data.csv")
 _FOLDER_SPLIT_DIRS = {"train": "train", "eval": "test", "test": "test"}
-_PRIVATE_PREFIX = features.USAGE_PRIVATE_TEST + "_"
 _KEEP_FORMATS = ("JPEG", "PNG")
 
 
@@ -207,7 +206,7 @@ def _detect_folder(root: str) -> SourceInfo:
     for split in features.SPLITS:
         for emotion_dir in _subdirs(os.path.join(root, _FOLDER_SPLIT_DIRS[split])):
             names[split] += [n for n in tf.io.gfile.listdir(emotion_dir)
-                             if _folder_split_of(split, n) == split]
+                             if features.folder_split(split, n) == split]
     if not names["train"]:
         raise DataError(f"no images under {os.path.join(root, 'train')}/<emotion>/")
     if not names["eval"]:
@@ -220,13 +219,6 @@ def _subdirs(path: str) -> List[str]:
         return []
     return sorted(os.path.join(path, n.rstrip("/")) for n in tf.io.gfile.listdir(path)
                   if tf.io.gfile.isdir(os.path.join(path, n)))
-
-
-def _folder_split_of(folder_split: str, file_name: str) -> str:
-    """train/ files feed train; test/ files feed test if PrivateTest_*, else eval."""
-    if folder_split == "train":
-        return "train"
-    return "test" if file_name.startswith(_PRIVATE_PREFIX) else "eval"
 
 
 def _single_file_source(layout: str, path: str, usages: Iterable[str], inner: str = "") -> SourceInfo:
@@ -249,7 +241,7 @@ def declared_source(layout: str, path: str, splits: Sequence[str], inner: str = 
     ordered = [s for s in features.SPLITS if s in splits]
     if layout == "folder":
         folder_patterns = {"train": "train/*/*", "eval": "test/*/*",
-                           "test": f"test/*/{_PRIVATE_PREFIX}*"}
+                           "test": f"test/*/{features.PRIVATE_TEST_FILE_PREFIX}*"}
         return SourceInfo(layout, path.rstrip("/"), tuple((s, folder_patterns[s]) for s in ordered))
     base, name = path.rsplit("/", 1) if "/" in path else (".", path)
     return SourceInfo(layout, base or "/", tuple((s, name) for s in ordered), inner)
@@ -303,7 +295,7 @@ def _detect_zip(path: str) -> SourceInfo:
                     if name.startswith(where) and not name.endswith("/"):
                         parts = name[len(where):].split("/")
                         if len(parts) == 3 and parts[0] in ("train", "test"):
-                            split = _folder_split_of(
+                            split = features.folder_split(
                                 "train" if parts[0] == "train" else "eval", parts[2])
                             usages.add(_usage_of(split))
             else:
@@ -379,14 +371,14 @@ def _folder_refs(root: str, split: str) -> Iterator[RecordRef]:
         path = os.path.join(split_dir, name.rstrip("/"))
         if tf.io.gfile.isdir(path):
             continue
-        if _folder_split_of(_FOLDER_SPLIT_DIRS[split], name) == split:
+        if features.folder_split(_FOLDER_SPLIT_DIRS[split], name) == split:
             yield RecordRef(split, os.path.splitext(name)[0], path, _usage_of(split), "", None,
                             ("file", path), problem="file is not inside an emotion folder")
     for emotion_dir in _subdirs(split_dir):
         folder = os.path.basename(emotion_dir)
         for name in sorted(tf.io.gfile.listdir(emotion_dir)):
             path = os.path.join(emotion_dir, name.rstrip("/"))
-            if _folder_split_of(_FOLDER_SPLIT_DIRS[split], name) != split or tf.io.gfile.isdir(path):
+            if features.folder_split(_FOLDER_SPLIT_DIRS[split], name) != split or tf.io.gfile.isdir(path):
                 continue
             yield RecordRef(split, os.path.splitext(name)[0], path, _usage_of(split), folder,
                             _emotion(folder), ("file", path))
@@ -450,7 +442,7 @@ def _zip_refs(path: str, split: str) -> Iterator[RecordRef]:
             continue
         parts = name[len(where) + len(folder_split) + 1:].split("/")
         file_name = parts[-1]
-        if _folder_split_of(folder_split, file_name) != split:
+        if features.folder_split(folder_split, file_name) != split:
             continue
         stem = os.path.splitext(file_name)[0]
         if len(parts) != 2:

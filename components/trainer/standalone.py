@@ -57,17 +57,31 @@ def image_files(folder: str) -> List[str]:
     return images
 
 
+def split_images(root: str, folder: str, emotion: str) -> List[str]:
+    """The image files of root/<folder>/<emotion>/ that this trainer uses: all of train/,
+    and of test/ the PublicTest ones (the model-selection split). PrivateTest_* files,
+    which a full Kaggle download has in test/, are kept back: counted in the log, never read."""
+    images = image_files(os.path.join(root, folder, emotion))
+    kept = [p for p in images if features.folder_split(folder, os.path.basename(p)) != "test"]
+    if len(kept) < len(images):
+        logging.getLogger(__name__).warning(
+            "%s: %d PrivateTest file(s) kept back, not used", os.path.join(root, folder, emotion),
+            len(images) - len(kept))
+    return kept
+
+
 def load_split(root: str, split: str, classes: Sequence[str],
                per_class: int = 0) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """(pixels [N, 48, 48, 1] float32 in [0, 1], class ids [N], image ids) of
-    root/split/<emotion>/ for the given classes; at most `per_class` images per class
-    (sorted by name) when > 0. Unreadable or wrongly sized images raise, naming the file."""
+    root/split/<emotion>/ for the given classes (`split_images`: test/ means PublicTest);
+    at most `per_class` images per class (sorted by name) when > 0. Unreadable or
+    wrongly sized images raise, naming the file."""
     images, labels, ids = [], [], []
     for class_id, emotion in enumerate(classes):
         folder = os.path.join(root, split, emotion)
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{folder}: no such folder (expected {split}/<emotion>/ images)")
-        for path in image_files(folder)[:per_class or None]:
+        for path in split_images(root, split, emotion)[:per_class or None]:
             name = os.path.basename(path)
             try:
                 with Image.open(path) as image:
