@@ -108,3 +108,24 @@ def test_ship_rewrites_the_exporting_runs_folder_and_cuts_weight_paths_to_file_n
     assert ship._without_directories({"recipe": {"warm_start": "/x/out/compact.weights.h5", "model": "dcnn"},
                                       "notes": ["a/b", "/c/d.h5"]}) == \
         {"recipe": {"warm_start": "compact.weights.h5", "model": "dcnn"}, "notes": ["a/b", "d.h5"]}
+
+
+def test_weights_taken_back_out_of_a_shipped_model_give_its_served_probabilities(tmp_path, capsys):
+    from components.trainer import model as model_lib, saved_weights, standalone
+
+    if not (FER2013 / "test").is_dir():
+        pytest.skip("FER2013 not found")
+    path = _version_dir(str(REPO / "models" / "fer2013-compact" / ship.METADATA_JSON),
+                        json.load(open(REPO / "models" / "fer2013-compact" / ship.METADATA_JSON)))
+    weights = str(tmp_path / "compact.weights.h5")
+    assert saved_weights.main(["--saved-model", path, "--model", "compact", "--output", weights]) == 0
+    assert "compact, 7 classes, 58,423 parameters" in capsys.readouterr().out
+    network = model_lib.build("compact", 7)
+    network.load_weights(weights)
+    x, _, _ = standalone.load_split(str(FER2013), "test", features.EMOTIONS, per_class=2)
+    pngs = [tf.io.encode_png(tf.constant(np.round(face * 255).astype(np.uint8))).numpy() for face in x]
+    served = tf.saved_model.load(path).signatures[features.PREDICT_IMAGE_SIGNATURE](
+        **{features.IMAGES_INPUT: tf.constant(pngs)})[features.PROBABILITIES_OUTPUT].numpy()
+    np.testing.assert_allclose(np.asarray(network(x, training=False)), served, atol=1e-5)
+    assert saved_weights.main(["--saved-model", path, "--model", "dcnn", "--output", weights]) == 2
+    assert "do not fit a 'dcnn' network with 7 classes" in capsys.readouterr().err
