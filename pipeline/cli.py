@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
                         "them, else random initialisation)")
     p.add_argument("--checkpoint-dir",
                    help="a stable checkpoint directory: a re-run after an interruption resumes "
-                        "from the last finished epoch")
+                        "from the last finished epoch (also with a larger --epochs)")
     p.add_argument("--warm-start", metavar="WEIGHTS_H5",
                    help="start from weights trained elsewhere (the standalone GPU trainer); "
                         "with --epochs 0 they are only exported")

@@ -132,10 +132,60 @@ def test_an_interrupted_fit_resumes_from_its_last_finished_epoch(tmp_path):
     assert len(history["loss"]) == 4 and history["phase"] == ["train"] * 4
     # Another configuration (or other data) never continues this training: it starts afresh.
     network, epochs = model_lib.build("dcnn", 3), _EpochLog()
-    other = TrainingConfig(model="dcnn", classes=SUBSET, epochs=2, imbalance="none")
+    other = TrainingConfig(model="dcnn", classes=SUBSET, epochs=2, imbalance="none", learning_rate=5e-4)
     recipe.fit(network, network, data, (x, y), other, str(tmp_path / "run"),
                checkpoint_dir=config.checkpoint_dir, extra_callbacks=[epochs])
     assert epochs.began == [0, 1] and len(os.listdir(config.checkpoint_dir)) == 2
+
+
+class _Snapshots(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append([w.copy() for w in self.model.get_weights()])
+
+
+class _BlindValidation(keras.callbacks.Callback):
+    """Validates with all weights zeroed (every score a tie: class 0 for every input),
+    then puts the trained weights back: those epochs score 0 on class-1 data."""
+
+    def on_test_begin(self, logs=None):
+        self._kept = self.model.get_weights()
+        self.model.set_weights([np.zeros_like(w) for w in self._kept])
+
+    def on_test_end(self, logs=None):
+        self.model.set_weights(self._kept)
+
+
+def test_a_stopped_fit_given_more_epochs_goes_on_and_ends_with_its_best_epoch_before_the_stop(tmp_path):
+    # All inputs zero and all labels class 1: the first step makes class 1 win, so every
+    # honestly validated epoch scores 1.0; the first one is the best (ties do not replace it).
+    x, y = np.zeros((8, 4), "float32"), np.eye(2, dtype="float32")[[1] * 8]
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    network = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    kept = str(tmp_path / "ckpt")
+
+    def attempt(epochs, *extra):
+        config = TrainingConfig(model="compact", classes=["happy", "sad"], epochs=epochs,
+                                early_stopping_patience=10, imbalance="none")
+        return recipe.fit(network, network, data, (x, y), config, str(tmp_path / "run"),
+                          checkpoint_dir=kept, extra_callbacks=extra)
+
+    snapshots = _Snapshots()
+    with pytest.raises(KeyboardInterrupt):
+        attempt(4, snapshots, _Interrupt(after_epoch=1))
+    # Asked for 6 epochs instead of 4, the same training goes on at its third epoch; its
+    # later epochs score worse, so it ends with the weights of its first epoch, from before
+    # the interruption (EarlyStopping alone would keep the best epoch after it).
+    epochs = _EpochLog()
+    history = attempt(6, epochs, _BlindValidation())
+    assert epochs.began == [2, 3, 4, 5] and len(os.listdir(kept)) == 1
+    assert history["val_accuracy"] == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    for final, first, second in zip(network.get_weights(), *snapshots.weights):
+        np.testing.assert_allclose(final, first)
+    assert not np.allclose(snapshots.weights[0][1], snapshots.weights[1][1])  # it did train on
 
 
 def test_curves_are_written_as_png(tmp_path):

@@ -5,9 +5,13 @@ TFX Trainer (TensorFlow backend) and in the standalone trainer (JAX backend).
 - Checkpoints: `BackupAndRestore` after every epoch, so an interrupted fit started again
   with the same `checkpoint_dir` resumes from its last finished epoch; every epoch's
   metrics appended to `<phase>.history.csv`, which therefore covers interrupted and
-  resumed fits alike. A training lives in `<checkpoint_dir>/<key>/`, the key a hash of
+  resumed fits alike; the best epoch's weights in `<phase>.best.weights.h5`, so a fit
+  ends with the best weights of all its epochs, those before a resumption included
+  (EarlyStopping alone only remembers the epochs of the current process). A training lives in `<checkpoint_dir>/<key>/`, the key a hash of
   its configuration and its data: a re-run of the same training resumes, anything else
-  (new data, other epochs or hyperparameters) starts afresh beside it.
+  (new data, other hyperparameters) starts afresh beside it. How long to train (epochs,
+  early-stopping patience) is not part of the key: a stopped training re-run with more
+  epochs goes on where it stopped.
 - Two-phase fine-tuning of transfer models built on ImageNet weights: the head on the
   frozen base, then the top block unfrozen at a lower learning rate. A finished phase
   leaves `<phase>.done.weights.h5` and is not repeated on resume.
@@ -33,6 +37,9 @@ logger = logging.getLogger(__name__)
 HISTORY_CSV = "history.csv"
 CURVES_PNG = "curves.png"
 _CONFIG_JSON = "config.json"
+# How long to train, not how: they decide when a training stops, not what its epochs do,
+# so a stopped training asked for more of them continues rather than starting afresh.
+_STOPPING_FIELDS = ("epochs", "early_stopping_patience")
 
 
 def class_weights(counts: Sequence[int]) -> Dict[int, float]:
@@ -71,6 +78,20 @@ def backup_dir(checkpoint_dir: str, phase: str) -> str:
     return os.path.join(checkpoint_dir, f"{phase}.backup")
 
 
+def best_weights_path(checkpoint_dir: str, phase: str) -> str:
+    return os.path.join(checkpoint_dir, f"{phase}.best.weights.h5")
+
+
+def _best_so_far(checkpoint_dir: str, phase: str) -> Optional[float]:
+    """The best validation accuracy this phase's saved best weights hold (from its
+    history), or None when it has none yet."""
+    scores = read_history(checkpoint_dir, [phase]).get("val_accuracy", [])
+    scores = [s for s in scores if not np.isnan(s)]
+    if not scores or not os.path.exists(best_weights_path(checkpoint_dir, phase)):
+        return None
+    return max(scores)
+
+
 def callbacks(config: TrainingConfig, log_dir: str, checkpoint_dir: str,
               phase: str) -> List[keras.callbacks.Callback]:
     return [
@@ -86,6 +107,10 @@ def callbacks(config: TrainingConfig, log_dir: str, checkpoint_dir: str,
          # Keras writes TensorBoard logs with tf.summary: on the TensorFlow backend only
          # (history.csv and the curves cover the JAX backend).
          if keras.backend.backend() == "tensorflow" else []) + [
+        # Only an epoch better than every earlier one, resumed fits' included, replaces it.
+        keras.callbacks.ModelCheckpoint(best_weights_path(checkpoint_dir, phase), monitor="val_accuracy",
+                                        mode="max", save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=_best_so_far(checkpoint_dir, phase)),
         # Last, so that it saves after the others have updated their state. Kept when a
         # fit ends (`fit` removes it once the phase is finished), so a fit stopped on
         # request (time budget, SIGTERM) resumes from it when run again.
@@ -100,7 +125,8 @@ def training_dir(checkpoint_dir: str, config: TrainingConfig, data_id: str) -> s
         raise ValueError(f"checkpoint_dir {checkpoint_dir!r}: object storage is not supported for "
                          "checkpoints; use a local or mounted path (a volume, gcsfuse)")
     recipe = json.loads(json.dumps(dict(config.to_dict(), checkpoint_dir="")))
-    key = hashlib.sha256(json.dumps({"recipe": recipe, "data": data_id}, sort_keys=True).encode())
+    identity = {k: v for k, v in recipe.items() if k not in _STOPPING_FIELDS}
+    key = hashlib.sha256(json.dumps({"recipe": identity, "data": data_id}, sort_keys=True).encode())
     path = os.path.join(checkpoint_dir, key.hexdigest()[:16])
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, _CONFIG_JSON), "w") as f:
@@ -165,7 +191,9 @@ def fit(model: keras.Model, network: keras.Model, train, validation, config: Tra
                         base.name, phase["learning_rate"])
         done = os.path.join(checkpoint_dir, f"{phase['name']}.done.weights.h5")
         if os.path.exists(done):
-            logger.info("phase %s already finished in %s: its weights are loaded", phase["name"], done)
+            logger.info("phase %s already finished in %s: its weights are loaded (a finished "
+                        "phase is not extended; to train on, start afresh from them with "
+                        "--warm-start)", phase["name"], done)
             model.load_weights(done)
             continue
         with scope():
@@ -178,6 +206,11 @@ def fit(model: keras.Model, network: keras.Model, train, validation, config: Tra
         model.fit(train, validation_data=validation, epochs=phase["epochs"],
                   callbacks=callbacks(config, log_dir, checkpoint_dir, phase["name"]) + list(extra_callbacks),
                   class_weight=class_weight, verbose=2)
+        best = best_weights_path(checkpoint_dir, phase["name"])
+        if os.path.exists(best):
+            model.load_weights(best)
+            logger.info("phase %s: the weights of its best epoch (validation accuracy %.4f) are "
+                        "kept", phase["name"], _best_so_far(checkpoint_dir, phase["name"]))
         if any(isinstance(c, StopWhenAsked) and c.stopped for c in extra_callbacks):
             logger.warning("phase %s stopped before its end; the same command resumes it from %s",
                            phase["name"], backup_dir(checkpoint_dir, phase["name"]))
