@@ -28,6 +28,22 @@ def test_training_model_shares_weights_with_the_exported_network():
     np.testing.assert_allclose(training.predict(x, verbose=0), network.predict(x, verbose=0), atol=1e-5)
 
 
+def test_augmentation_draws_each_transform_independently():
+    flip, rotation, translation, zoom = model_lib.augmentation(seed=42).layers
+    faces = np.zeros((512, 48, 48, 1), "float32")
+    flipped = np.asarray(flip.get_random_transformation(faces)["flips"]).reshape(-1)
+    angles = np.asarray(rotation.get_random_transformation(faces)["angle"]).reshape(-1)
+    shifts = np.asarray(translation.get_random_transformation(faces)["translations"])
+    zooms = zoom.get_random_transformation(faces)
+    # About half the faces flipped, and rotated either way whether flipped or not.
+    assert 0.4 < flipped.mean() < 0.6
+    assert (angles[flipped] < 0).mean() == pytest.approx(0.5, abs=0.1)
+    assert (angles[~flipped] < 0).mean() == pytest.approx(0.5, abs=0.1)
+    for shift in shifts.T:   # and shifted and zoomed independently
+        for factor in (zooms["height_zoom"], zooms["width_zoom"]):
+            assert abs(np.corrcoef(shift, np.ravel(factor))[0, 1]) < 0.15
+
+
 def test_unknown_model_name_is_rejected():
     with pytest.raises(ValueError, match="unknown model 'resnet9'"):
         model_lib.build("resnet9", 7)

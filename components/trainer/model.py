@@ -27,12 +27,15 @@ INPUT_SHAPE: Tuple[int, int, int] = (features.IMAGE_SIZE, features.IMAGE_SIZE,
 
 
 def augmentation(seed: int = 42) -> keras.Sequential:
-    """Random flip, small rotation, shift and zoom; identity at inference."""
+    """Random flip, small rotation, shift and zoom; identity at inference. Each layer has
+    its own seed: layers seeded alike draw the same random numbers, which would tie the
+    transforms together (every flipped face rotated one way, every shift matched by a
+    zoom) instead of combining them independently."""
     return keras.Sequential([
         layers.RandomFlip("horizontal", seed=seed),
-        layers.RandomRotation(0.05, fill_mode="nearest", seed=seed),
-        layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed),
-        layers.RandomZoom(0.1, fill_mode="nearest", seed=seed),
+        layers.RandomRotation(0.05, fill_mode="nearest", seed=seed + 1),
+        layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 2),
+        layers.RandomZoom(0.1, fill_mode="nearest", seed=seed + 3),
     ], name="augmentation")
 
 
