@@ -188,6 +188,44 @@ def test_a_stopped_fit_given_more_epochs_goes_on_and_ends_with_its_best_epoch_be
     assert not np.allclose(snapshots.weights[0][1], snapshots.weights[1][1])  # it did train on
 
 
+class _FirstBatchOfEachEpoch(keras.callbacks.Callback):
+    """What an epoch will draw: its random streams' positions and its data order."""
+
+    def __init__(self, data):
+        super().__init__()
+        self.data, self.seen = data, {}
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 0:
+            streams = [keras.ops.convert_to_numpy(v).tolist() for v in self.model.variables
+                       if v.path.endswith("seed_generator_state")]
+            self.seen[len(self.seen)] = (streams, self.data.order.tolist())
+
+
+def test_a_resumed_training_draws_the_random_numbers_an_uninterrupted_one_would(tmp_path):
+    x = np.random.default_rng(0).random((16, 48, 48, 1)).astype("float32")
+    y = np.eye(3, dtype="float32")[np.arange(16) % 3]
+    config = TrainingConfig(model="compact", classes=SUBSET, epochs=3, imbalance="none")
+
+    def run(folder, *extra):   # a fresh process: new model, new streams, new data
+        network = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Flatten(),
+                                    keras.layers.Dropout(0.5, seed=7), keras.layers.Dense(3, activation="softmax")])
+        model = model_lib.with_augmentation(network, seed=42)
+        data = standalone._Shuffled(x, y, 8, seed=42)
+        log = _FirstBatchOfEachEpoch(data)
+        recipe.fit(model, network, data, (x, y), config, str(tmp_path / folder),
+                   extra_callbacks=[standalone.ShuffleEachEpoch(data), log, *extra])
+        return log.seen
+
+    straight = run("straight")
+    with pytest.raises(KeyboardInterrupt):
+        run("resumed", _Interrupt(after_epoch=0))
+    resumed = run("resumed")            # epochs 2 and 3 only
+    assert len(straight[0][0]) == 5     # flip, rotation, translation, zoom, dropout
+    assert resumed[0] == straight[1] and resumed[1] == straight[2]
+    assert straight[1] != straight[2] and straight[0][1] != straight[1][1]   # new draws, new order each epoch
+
+
 def test_curves_are_written_as_png(tmp_path):
     path = str(tmp_path / "curves.png")
     recipe.write_curves({"loss": [1.2, 0.9, 0.8], "val_loss": [1.3, 1.0, 1.1], "accuracy": [.3, .5, .6],

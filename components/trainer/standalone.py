@@ -169,12 +169,12 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
         targets = soft_targets(y[~held_out], teacher_network.predict(x[~held_out], batch_size=256, verbose=0),
                                teacher.weight, teacher.temperature)
     started, epochs = time.time(), _EpochCounter()
+    train = _Shuffled(x[~held_out], targets, config.batch_size, config.seed, example_weights)
     history = recipe.fit(
-        model, network, _Shuffled(x[~held_out], targets, config.batch_size, config.seed, example_weights),
-        (x[held_out], one_hot[y[held_out]]), config, output,
+        model, network, train, (x[held_out], one_hot[y[held_out]]), config, output,
         checkpoint_dir=config.checkpoint_dir or os.path.join(output, "checkpoints"),
         class_weight=None if example_weights is not None else class_weight,
-        extra_callbacks=[recipe.StopWhenAsked(max_minutes), epochs],
+        extra_callbacks=[ShuffleEachEpoch(train), recipe.StopWhenAsked(max_minutes), epochs],
         data_id=f"{os.path.abspath(data)} per_class={per_class} teacher={teacher}"
                 + (f" warm_start_classes={list(warm_start_classes)}" if warm_start_classes else ""))
     seconds = time.time() - started
@@ -229,14 +229,18 @@ class _EpochCounter(keras.callbacks.Callback):
 
 
 class _Shuffled(keras.utils.PyDataset):
-    """Shuffled mini-batches of in-memory arrays (and per-example weights), reshuffled
-    every epoch."""
+    """Mini-batches of in-memory arrays (and per-example weights) in an order drawn from
+    the seed and the epoch number (`ShuffleEachEpoch` sets it): a new order every epoch,
+    and a resumed training gets the order an uninterrupted one would have had."""
 
     def __init__(self, x, y, batch_size, seed, weights=None):
         super().__init__()
         self.x, self.y, self.batch_size, self.weights = x, y, batch_size, weights
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(x))
+        self.seed = seed
+        self.shuffle(0)
+
+    def shuffle(self, epoch: int) -> None:
+        self.order = np.random.default_rng([self.seed, epoch]).permutation(len(self.x))
 
     def __len__(self):
         return int(np.ceil(len(self.x) / self.batch_size))
@@ -247,8 +251,14 @@ class _Shuffled(keras.utils.PyDataset):
             return self.x[chosen], self.y[chosen]
         return self.x[chosen], self.y[chosen], self.weights[chosen]
 
-    def on_epoch_end(self):
-        self.order = self.rng.permutation(len(self.x))
+
+class ShuffleEachEpoch(keras.callbacks.Callback):
+    def __init__(self, data: _Shuffled):
+        super().__init__()
+        self.data = data
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.data.shuffle(epoch)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
