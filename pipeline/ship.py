@@ -135,7 +135,7 @@ def ship(pushed: str, name: str, data: str, models_dir: str = "models",
         json.dump(_without_directories(metadata), f, indent=1)
     write_confusion_png(measured, metadata["classes"], os.path.join(models_dir, name, CONFUSION_PNG),
                         f"{name}: PublicTest, accuracy {measured['accuracy']:.3f}")
-    if metadata.get("history"):
+    if (metadata.get("history") or {}).get("loss"):   # not for weights exported untrained
         from components.trainer.recipe import write_curves
         write_curves(metadata["history"], os.path.join(models_dir, name, CURVES_PNG), name)
     return metadata

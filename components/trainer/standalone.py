@@ -191,7 +191,7 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
         "epochs_run": len(history.get("loss", [])), "training_seconds": round(seconds, 1),
         # This invocation's epochs only: a resumed run did the others earlier.
         "seconds_per_epoch": round(seconds / max(epochs.count, 1), 1),
-        "best_validation_accuracy": max(history.get("val_accuracy", [0.0])),
+        "best_validation_accuracy": max(history["val_accuracy"]) if history.get("val_accuracy") else None,
         "test": evaluate(network, x_test, y_test, classes),
         "test_flip_tta": evaluate(network, x_test, y_test, classes, flip=True),
         "recipe": dataclasses.asdict(config), "history": history,
