@@ -7,11 +7,14 @@ TFX Trainer (TensorFlow backend) and in the standalone trainer (JAX backend).
   metrics appended to `<phase>.history.csv`, which therefore covers interrupted and
   resumed fits alike; the best epoch's weights in `<phase>.best.weights.h5`, so a fit
   ends with the best weights of all its epochs, those before a resumption included
-  (EarlyStopping alone only remembers the epochs of the current process). A training lives in `<checkpoint_dir>/<key>/`, the key a hash of
-  its configuration and its data: a re-run of the same training resumes, anything else
-  (new data, other hyperparameters) starts afresh beside it. How long to train (epochs,
-  early-stopping patience) is not part of the key: a stopped training re-run with more
-  epochs goes on where it stopped.
+  (EarlyStopping alone only remembers the epochs of the current process). A training
+  lives in `<checkpoint_dir>/<key>/`, the key a hash of its configuration and its data:
+  a re-run of the same training resumes, anything else (new data, other
+  hyperparameters) starts afresh beside it. How long to train (epochs, early-stopping
+  patience) is not part of the key: a stopped training re-run with more epochs goes on
+  where it stopped.
+- Random streams (augmentation, dropout) set from the seed and the epoch at each epoch's
+  start (`RandomnessByEpoch`), so a resumed training does not replay its first epochs.
 - Two-phase fine-tuning of transfer models built on ImageNet weights: the head on the
   frozen base, then the top block unfrozen at a lower learning rate. A finished phase
   leaves `<phase>.done.weights.h5` and is not repeated on resume.
