@@ -2,7 +2,8 @@
 
     fer-pipeline run --data PATH --output DIR [--profile smoke|full] [--runner local|beam]
                      [--model NAME] [--classes a,b,c] [--epochs N] [--min-accuracy X]
-                     [--imbalance class_weight|oversample|none] [--validation-config FILE]
+                     [--imbalance class_weight|oversample|none] [--prior-correction X]
+                     [--validation-config FILE]
     fer-pipeline validate --data PATH --output DIR [--profile ...] [--classes ...]
                      [--validation-config FILE]      (ingest and validate only)
     fer-pipeline predict PHOTO... (--model DIR | --server URL) [--json] [--annotate OUTDIR]
@@ -80,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
                         "slice may be (default 0.10; smoke profile 1.0)")
     p.add_argument("--imbalance", choices=config.IMBALANCE_STRATEGIES,
                    help="the trainer's response to class imbalance (default: class_weight)")
+    p.add_argument("--prior-correction", type=float, metavar="STRENGTH",
+                   help="export a model whose probabilities are divided by the training class "
+                        "prior to this power (logit adjustment; 0.5 is a good start with "
+                        "--imbalance none): rare emotions predicted more often (default: 0, off)")
     p.add_argument("--training-config",
                    help="YAML or JSON file overriding the training recipe (keys of "
                         "pipeline.config.TrainingConfig); the flags below override it in turn")
@@ -203,7 +208,7 @@ def _training_overrides(args: argparse.Namespace) -> tuple:
     except ValueError as e:
         raise ValueError(f"--training-config {args.training_config}: {e}") from None
     for key in ("optimizer", "learning_rate", "batch_size", "label_smoothing", "pretrained_weights",
-                "checkpoint_dir", "warm_start"):
+                "checkpoint_dir", "warm_start", "prior_correction"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     for key in ("pretrained_weights", "checkpoint_dir", "warm_start"):

@@ -104,6 +104,13 @@ class TrainingConfig(_DictMixin):
     # class counts of the training data), 'oversample' (every class drawn equally
     # often) or 'none'.
     imbalance: str = "class_weight"
+    # Prior correction at decision time (logit adjustment): the exported model divides
+    # its probabilities by the training data's class prior raised to this power and
+    # renormalises, so rare classes (disgust, fear) are predicted more often and common
+    # ones (happy) less. 0 = off: the network's own probabilities. Meant for
+    # imbalance='none' (class weights or oversampling already balance the classes). It
+    # changes only the export, not the training.
+    prior_correction: float = 0.0
     optimizer: str = "nadam"          # nadam (the seed's), adam, adamw, sgd (Nesterov), rmsprop
     momentum: float = 0.9             # sgd and rmsprop
     weight_decay: float = 0.0         # adamw (0 means its default 1e-4)
@@ -154,6 +161,8 @@ class TrainingConfig(_DictMixin):
                              f"got {self.imbalance!r}")
         if not 0.0 < self.validation_fraction < 0.5:
             raise ValueError("validation_fraction must be in (0, 0.5)")
+        if not 0.0 <= self.prior_correction <= 2.0:
+            raise ValueError(f"prior_correction must be in [0, 2], got {self.prior_correction}")
 
 
 @dataclasses.dataclass(frozen=True)

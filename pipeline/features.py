@@ -67,6 +67,8 @@ IMAGES_INPUT = "images"
 PROBABILITIES_OUTPUT = "probabilities"
 LABEL_OUTPUT = "label"
 CLASSES_OUTPUT = "classes"       # [N, C] class names in the order of `probabilities`
+# Beside a SavedModel exported with a prior correction: its strength, counts and bias.
+PRIOR_CORRECTION_ASSET = "assets.extra/prior_correction.json"
 
 
 def validate_classes(classes: Sequence[str]) -> Tuple[str, ...]:

@@ -121,6 +121,10 @@ def ship(pushed: str, name: str, data: str, models_dir: str = "models",
         "metrics_publictest": measured, "size_bytes": directory_bytes(target),
         "date": time.strftime("%Y-%m-%d"), "notes": notes,
     }
+    correction = os.path.join(target, features.PRIOR_CORRECTION_ASSET)
+    if os.path.exists(correction):
+        with open(correction) as f:
+            metadata["prior_correction"] = json.load(f)
     if result:
         with open(result) as f:
             trained = json.load(f)

@@ -11,6 +11,7 @@ from PIL import Image
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from components.example_gen.fer2013 import make_example
+from components.trainer.recipe import prior_log_bias
 from components.trainer.run import run_fn
 from pipeline import cli, features
 from pipeline.config import profile_configs
@@ -104,13 +105,22 @@ def test_run_fn_trains_a_few_steps_and_exports_all_signatures(smoke, tmp_path):
     transform_graph = sorted(glob.glob(os.path.join(output, "tfx", "Transform", "transform_graph", "*")))[-1]
     examples = sorted(glob.glob(os.path.join(output, "tfx", "Transform", "transformed_examples", "*")))[-1]
     training = profile_configs("smoke", "dcnn", features.EMOTIONS).training
-    config = dict(training.to_dict(), epochs=1, batch_size=16)
+    config = dict(training.to_dict(), epochs=1, batch_size=16, imbalance="none", prior_correction=0.5)
     serving_dir = tmp_path / "serving_model"
     run_fn(FnArgs(train_files=[os.path.join(examples, "Split-train", "*")],
                   transform_output=transform_graph, serving_model_dir=str(serving_dir),
                   model_run_dir=str(tmp_path / "run"), custom_config=config))
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
+    # The prior correction is built from the counts the model trained on, and recorded.
+    balance = json.loads((tmp_path / "run" / "class_balance.json").read_text())
+    correction = json.loads((serving_dir / features.PRIOR_CORRECTION_ASSET).read_text())
+    assert correction["strength"] == 0.5 == balance["prior_correction"]
+    assert correction["train_counts"] == balance["train_counts"]
+    assert sum(correction["train_counts"].values()) > 0
+    np.testing.assert_allclose(
+        [correction["log_bias"][e] for e in features.EMOTIONS],
+        prior_log_bias([balance["train_counts"][e] for e in features.EMOTIONS], 0.5), atol=1e-4)
     model = tf.saved_model.load(str(serving_dir))
     assert set(model.signatures) == {features.SERVING_DEFAULT_SIGNATURE, features.PREDICT_IMAGE_SIGNATURE,
                                      features.TRANSFORM_FEATURES_SIGNATURE}
@@ -118,6 +128,37 @@ def test_run_fn_trains_a_few_steps_and_exports_all_signatures(smoke, tmp_path):
         **{features.IMAGES_INPUT: tf.constant([real_images("test", "sad", 1)[0].read_bytes()])})
     assert out[features.PROBABILITIES_OUTPUT].shape == (1, 7)
     assert out[features.LABEL_OUTPUT].numpy()[0].decode() in features.EMOTIONS
+
+
+def test_a_prior_corrected_export_divides_the_probabilities_by_the_prior_to_its_strength(
+        smoke, tmp_path):
+    from components.trainer import export, model as model_lib
+    import tensorflow_transform as tft
+
+    output, _, _ = smoke
+    transform = tft.TFTransformOutput(sorted(glob.glob(
+        os.path.join(output, "tfx", "Transform", "transform_graph", "*")))[-1])
+    network = model_lib.build("compact", 7)
+    counts = [3995, 436, 4097, 7215, 4830, 3171, 4965]  # FER2013 train/: disgust rare, happy common
+    plain = export.export_serving_model(network, transform, features.EMOTIONS, str(tmp_path / "plain"))
+    corrected = export.export_serving_model(network, transform, features.EMOTIONS,
+                                            str(tmp_path / "corrected"), 1.0, counts)
+    assert not os.path.exists(os.path.join(plain, features.PRIOR_CORRECTION_ASSET))
+    recorded = json.loads(open(os.path.join(corrected, features.PRIOR_CORRECTION_ASSET)).read())
+    assert recorded["train_counts"] == dict(zip(features.EMOTIONS, counts))
+    assert recorded["log_bias"]["disgust"] > recorded["log_bias"]["angry"] > recorded["log_bias"]["happy"]
+
+    images = tf.constant([p.read_bytes() for e in features.EMOTIONS for p in real_images("test", e, 2)])
+    p, q = (tf.saved_model.load(d).signatures[features.PREDICT_IMAGE_SIGNATURE](
+        **{features.IMAGES_INPUT: images}) for d in (plain, corrected))
+    p, labels = p[features.PROBABILITIES_OUTPUT].numpy(), q[features.LABEL_OUTPUT].numpy()
+    q = q[features.PROBABILITIES_OUTPUT].numpy()
+    prior = (np.asarray(counts) + 1.0) / (sum(counts) + 7)
+    expected = (p / prior) / (p / prior).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(q, expected, rtol=1e-4, atol=1e-6)
+    assert [l.decode() for l in labels] == [features.EMOTIONS[i] for i in q.argmax(axis=1)]
+    with pytest.raises(ValueError, match="needs the training count of each of the 7 classes"):
+        export.export_serving_model(network, transform, features.EMOTIONS, str(tmp_path / "x"), 0.5)
 
 
 def test_beam_dag_runner_runs_the_same_pipeline(fer2013_root, tmp_path):

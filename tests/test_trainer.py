@@ -327,6 +327,7 @@ def _assert_subset_model(summary):
     (["--optimizer", "adagrad"], None, "invalid choice: 'adagrad'"),
     (["--label-smoothing", "1.5"], None, "label_smoothing must be in [0, 1)"),
     ([], "optimiser: sgd\n", "unknown training key(s) ['optimiser']"),
+    (["--prior-correction", "-1"], None, "prior_correction must be in [0, 2], got -1.0"),
 ])
 def test_bad_training_settings_give_one_line_and_exit_2(extra, config_text, message, tmp_path, capsys,
                                                         monkeypatch):
@@ -343,6 +344,19 @@ def test_bad_training_settings_give_one_line_and_exit_2(extra, config_text, mess
         code = e.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_prior_correction_favours_rare_classes_in_proportion_to_its_strength():
+    counts = [3995, 436, 4097, 7215, 4830, 3171, 4965]
+    assert np.allclose(recipe.prior_log_bias(counts, 0.0), 0.0)
+    assert np.allclose(recipe.prior_log_bias([10, 10, 10], 1.0), 0.0)  # balanced: nothing to correct
+    half, full = recipe.prior_log_bias(counts, 0.5), recipe.prior_log_bias(counts, 1.0)
+    np.testing.assert_allclose(full, 2 * half, rtol=1e-6)
+    assert np.argmax(full) == 1 and np.argmin(full) == 3  # disgust up most, happy down most
+    # Exactly the log of the inverse prior up to a constant (which softmax ignores).
+    np.testing.assert_allclose(np.diff(full), np.diff(-np.log((np.asarray(counts) + 1.0) / (sum(counts) + 7))),
+                               rtol=1e-5)
+    assert np.isfinite(recipe.prior_log_bias([0, 5, 100], 1.0)).all()
 
 
 def test_distillation_targets_mix_labels_with_the_softened_teacher():

@@ -11,13 +11,21 @@ Both prediction signatures call the same Transform layer and the same model,
 so they agree for the same image. Keras 3 refuses `model.save(signatures=...)`,
 hence the tf.Module wrapper.
 
+With a prior correction (`TrainingConfig.prior_correction` > 0) the signatures return
+the network's probabilities divided by the training class prior to that power and
+renormalised (`recipe.prior_log_bias`), and `assets.extra/prior_correction.json` records
+the strength, the training class counts and the bias
+(`features.PRIOR_CORRECTION_ASSET`); without one they return the
+network's own probabilities.
+
 The export also carries TF Serving warm-up requests
 (`assets.extra/tf_serving_warmup_requests`): TF Serving replays them when it
 loads a version, so the first user request does not pay for graph tracing.
 """
 import io
+import json
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import keras
 import numpy as np
@@ -36,9 +44,11 @@ class ServingModule(tf.Module):
     """The model, the Transform layer and the class names, with the signatures."""
 
     def __init__(self, model: keras.Model, tf_transform_output: tft.TFTransformOutput,
-                 classes: Sequence[str]):
+                 classes: Sequence[str], class_log_bias: Optional[np.ndarray] = None):
         super().__init__(name="fer_serving")
         self.model = model
+        self.class_log_bias = None if class_log_bias is None else tf.constant(
+            np.asarray(class_log_bias, np.float32).reshape(len(classes)))
         self.tft_layer = tf_transform_output.transform_features_layer()
         self.class_names = tf.constant(list(classes))
         raw_spec = tf_transform_output.raw_feature_spec()
@@ -48,6 +58,9 @@ class ServingModule(tf.Module):
     def _predict(self, raw_features):
         transformed = self.tft_layer(raw_features)
         probabilities = self.model(transformed[features.PIXELS_KEY], training=False)
+        if self.class_log_bias is not None:
+            probabilities = tf.nn.softmax(
+                tf.math.log(tf.maximum(probabilities, 1e-12)) + self.class_log_bias, axis=-1)
         labels = tf.gather(self.class_names, tf.argmax(probabilities, axis=-1))
         classes = tf.broadcast_to(self.class_names, tf.shape(probabilities))
         return {features.PROBABILITIES_OUTPUT: probabilities, features.LABEL_OUTPUT: labels,
@@ -74,11 +87,28 @@ class ServingModule(tf.Module):
 
 
 def export_serving_model(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
-                         classes: Sequence[str], export_dir: str) -> str:
-    """Writes the SavedModel to `export_dir` and returns it."""
-    module = ServingModule(model, tf_transform_output, classes)
+                         classes: Sequence[str], export_dir: str, prior_correction: float = 0.0,
+                         class_counts: Optional[Sequence[int]] = None) -> str:
+    """Writes the SavedModel to `export_dir` and returns it. `prior_correction` > 0 needs
+    the training data's `class_counts` (in the order of `classes`)."""
+    from components.trainer.recipe import prior_log_bias
+
+    bias = None
+    if prior_correction > 0:
+        if class_counts is None or len(class_counts) != len(classes):
+            raise ValueError(f"prior_correction {prior_correction}: needs the training count of "
+                             f"each of the {len(classes)} classes, got {class_counts}")
+        bias = prior_log_bias(class_counts, prior_correction)
+    module = ServingModule(model, tf_transform_output, classes, bias)
     tf.saved_model.save(module, export_dir, signatures=module.signatures())
     write_warmup_requests(export_dir)
+    if bias is not None:
+        with tf.io.gfile.GFile(os.path.join(export_dir, features.PRIOR_CORRECTION_ASSET), "w") as f:
+            f.write(json.dumps({
+                "strength": prior_correction,
+                "train_counts": {c: int(n) for c, n in zip(classes, class_counts)},
+                "log_bias": {c: round(float(b), 4) for c, b in zip(classes, bias)},
+                "rule": "probabilities = softmax(log(network probabilities) + log_bias)"}, indent=1))
     return export_dir
 
 

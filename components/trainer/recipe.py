@@ -43,6 +43,8 @@ _CONFIG_JSON = "config.json"
 # How long to train, not how: they decide when a training stops, not what its epochs do,
 # so a stopped training asked for more of them continues rather than starting afresh.
 _STOPPING_FIELDS = ("epochs", "early_stopping_patience")
+# Applied when the model is exported, not while it trains.
+_EXPORT_FIELDS = ("prior_correction",)
 
 
 def class_weights(counts: Sequence[int]) -> Dict[int, float]:
@@ -52,6 +54,17 @@ def class_weights(counts: Sequence[int]) -> Dict[int, float]:
     present = counts > 0
     total, k = counts.sum(), int(present.sum())
     return {c: float(total / (k * n)) if n > 0 else 1.0 for c, n in enumerate(counts)}
+
+
+def prior_log_bias(counts: Sequence[int], strength: float) -> np.ndarray:
+    """Per-class bias added to the log-probabilities: -strength x log(prior), the prior
+    being the class frequencies of the training data (each count plus one, so a class
+    without examples stays finite). Logit adjustment (Menon et al., 2021): with
+    strength 1 the arg-max estimates the class that is most likely relative to how
+    common it is in training, which favours rare classes; 0 changes nothing."""
+    counts = np.asarray(counts, dtype=np.float64) + 1.0
+    bias = -float(strength) * np.log(counts / counts.sum())
+    return (bias - bias.mean()).astype(np.float32)
 
 
 class StopWhenAsked(keras.callbacks.Callback):
@@ -154,7 +167,7 @@ def training_dir(checkpoint_dir: str, config: TrainingConfig, data_id: str) -> s
         raise ValueError(f"checkpoint_dir {checkpoint_dir!r}: object storage is not supported for "
                          "checkpoints; use a local or mounted path (a volume, gcsfuse)")
     recipe = json.loads(json.dumps(dict(config.to_dict(), checkpoint_dir="")))
-    identity = {k: v for k, v in recipe.items() if k not in _STOPPING_FIELDS}
+    identity = {k: v for k, v in recipe.items() if k not in _STOPPING_FIELDS + _EXPORT_FIELDS}
     key = hashlib.sha256(json.dumps({"recipe": identity, "data": data_id}, sort_keys=True).encode())
     path = os.path.join(checkpoint_dir, key.hexdigest()[:16])
     os.makedirs(path, exist_ok=True)

@@ -47,14 +47,18 @@ def run_fn(fn_args: FnArgs) -> None:
                              scope=strategy.scope, data_id=",".join(sorted(fn_args.train_files)))
         recipe.write_curves(history, os.path.join(fn_args.model_run_dir, recipe.CURVES_PNG),
                             f"{config.model}, {len(config.classes)} classes")
+    if config.prior_correction > 0 and config.imbalance != "none":
+        logging.warning("prior_correction %s on top of imbalance=%s corrects for the class prior "
+                        "twice; it is meant for imbalance='none'", config.prior_correction,
+                        config.imbalance)
     export.export_serving_model(network, tf_transform_output, config.classes,
-                                fn_args.serving_model_dir)
+                                fn_args.serving_model_dir, config.prior_correction, counts.tolist())
     with open(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
         json.dump(history, f, indent=1)
     with open(os.path.join(fn_args.model_run_dir, "training_config.json"), "w") as f:
         json.dump(config.to_dict(), f, indent=1)
     with open(os.path.join(fn_args.model_run_dir, "class_balance.json"), "w") as f:
-        json.dump({"imbalance": config.imbalance,
+        json.dump({"imbalance": config.imbalance, "prior_correction": config.prior_correction,
                    "train_counts": dict(zip(config.classes, counts.tolist())),
                    "class_weights": None if class_weight is None else
                    {config.classes[c]: round(w, 4) for c, w in class_weight.items()}}, f, indent=1)
