@@ -50,11 +50,21 @@ def publictest_probabilities(predictor: Tuple[Callable, List[str]], data: str, f
     """(true class ids, probabilities [N, classes]) of a `served_predictor` on data/test
     for its own classes. `flip` feeds each face mirrored left-right (as a lossless PNG)
     instead; `per_class` > 0 takes only the first that many images of each class."""
+    return image_probabilities(predictor, test_images(data, predictor[1]), flip, batch_size, per_class)
+
+
+def image_probabilities(predictor: Tuple[Callable, List[str]], images: Dict[str, List[str]],
+                        flip: bool = False, batch_size: int = 256,
+                        per_class: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """`publictest_probabilities` for any {emotion: image paths}, one entry per class of
+    the predictor, in its order."""
     import tensorflow as tf
 
     predict, classes = predictor
+    if list(images) != list(classes):
+        raise ValueError(f"images of {list(images)}; the model predicts {classes}")
     truth, probabilities = [], []
-    for class_id, (emotion, paths) in enumerate(test_images(data, classes).items()):
+    for class_id, (emotion, paths) in enumerate(images.items()):
         paths = paths[:per_class] if per_class > 0 else paths
         for start in range(0, len(paths), batch_size):
             chunk = [_mirrored(p) if flip else open(p, "rb").read()

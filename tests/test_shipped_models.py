@@ -86,6 +86,44 @@ def test_flip_tta_and_ensemble_are_scored_through_the_served_models():
             ensemble.evaluate([compact, other], str(FER2013), per_class=1)
 
 
+def test_the_prior_correction_scan_reproduces_the_served_decisions_at_the_exported_strength():
+    if not (FER2013 / "test").is_dir():
+        pytest.skip("FER2013 not found")
+    from pipeline import prior
+
+    metadata_path = next((p for p in SHIPPED if json.load(open(p)).get("prior_correction")), SHIPPED[0])
+    metadata = json.load(open(metadata_path))
+    applied = (metadata.get("prior_correction") or {}).get("strength", 0.0)
+    report = prior.scan(os.path.dirname(metadata_path), str(FER2013), sorted({0.0, 0.5, applied}),
+                        per_class=10)
+    assert report["classes"] == metadata["classes"] and report["applied_strength"] == applied
+    counts = report["train_counts"]
+    assert all(n > 0 for n in counts.values()) and sum(counts.values()) < 28709  # train/ minus the carve-out
+    row = next(r for r in report["strengths"] if r["strength"] == applied)
+    predictor = ship.served_predictor(_version_dir(metadata_path, metadata))
+    truth, served = ship.publictest_probabilities(predictor, str(FER2013), per_class=10)
+    assert row["publictest"]["examples"] == len(truth) == 10 * len(metadata["classes"])
+    assert row["publictest"]["accuracy"] == round(float(np.mean(served.argmax(axis=1) == truth)), 4)
+    assert row["validation"]["examples"] == 10 * len(metadata["classes"])
+    assert report["recommended"] in {r["strength"] for r in report["strengths"]}
+
+
+def test_a_correction_is_undone_by_its_negative():
+    from pipeline import prior
+
+    p = np.asarray([[0.7, 0.2, 0.1], [0.05, 0.05, 0.9]])
+    bias = np.asarray([-0.4, 1.2, 0.3])
+    np.testing.assert_allclose(prior.corrected(prior.corrected(p, bias), -bias), p, rtol=1e-9)
+    np.testing.assert_allclose(prior.corrected(p, np.zeros(3)), p, rtol=1e-9)
+
+
+def test_the_prior_scan_refuses_strengths_outside_0_to_2_in_one_line(capsys):
+    from pipeline import prior
+
+    assert prior.main(["--data", str(FER2013), "--model", SHIPPED[0], "--strengths", "0,3"]) == 2
+    assert capsys.readouterr().err == "error: --strengths '0,3': numbers in [0, 2], comma-separated\n"
+
+
 def test_shipped_files_name_no_folder_of_the_machine_that_made_them():
     folder = re.compile(r"(?<![\w:/.])/(?:tmp|home|root|work|mnt|var|Users)/")
     for path in glob.glob(str(REPO / "models" / "**" / "*"), recursive=True):

@@ -1,0 +1,131 @@
+"""Chooses the strength of a served model's prior correction (`--prior-correction`).
+
+    python -m pipeline.prior --data FER2013 --model models/fer2013-dcnn [--json out.json]
+
+Scores the strengths 0, 0.25, ..., 1 (`--strengths`) on the validation carve-out of
+train/ (the standalone trainer's: the faces its early stopping saw, never trained on)
+and on PublicTest, each as accuracy and macro-F1 of the arg-max of the network's
+probabilities divided by the training class prior to that power
+(`recipe.prior_log_bias`, the rule the export applies). A model exported with a
+correction is first brought back to its network's own probabilities (from its
+`assets.extra/prior_correction.json`), so any served model can be scored. The
+recommended strength is the one with the best validation macro-F1; export with it:
+`fer-pipeline run ... --imbalance none --warm-start W --epochs 0 --prior-correction X`.
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from pipeline import features
+from pipeline.config import TrainingConfig
+from pipeline.scoring import classification_metrics
+from pipeline.ship import image_probabilities, publictest_probabilities, served_predictor
+
+STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def validation_images(data: str, classes: Sequence[str],
+                      fraction: float = TrainingConfig.validation_fraction):
+    """({emotion: the validation carve-out's image paths}, [training count per class]) of
+    data/train, split as the standalone trainer splits it."""
+    from components.trainer.standalone import is_validation, split_images
+
+    held_out, counts = {}, []
+    for emotion in classes:
+        paths = split_images(data, "train", emotion)
+        ids = [f"{os.path.splitext(os.path.basename(p))[0]}-{emotion}" for p in paths]
+        chosen = is_validation(ids, fraction)
+        held_out[emotion] = [p for p, v in zip(paths, chosen) if v]
+        counts.append(int(len(paths) - chosen.sum()))
+    return held_out, counts
+
+
+def applied_bias(model_dir: str, classes: Sequence[str]) -> np.ndarray:
+    """The log-bias the model's export added (zeros without a prior correction)."""
+    path = os.path.join(model_dir, features.PRIOR_CORRECTION_ASSET)
+    if not os.path.exists(path):
+        return np.zeros(len(classes), np.float32)
+    with open(path) as f:
+        recorded = json.load(f)["log_bias"]
+    return np.asarray([recorded[c] for c in classes], np.float32)
+
+
+def corrected(probabilities: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """softmax(log(probabilities) + bias), row by row (the export's rule)."""
+    logits = np.log(np.maximum(probabilities, 1e-12)) + bias
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def scan(model_dir: str, data: str, strengths: Sequence[float] = STRENGTHS, per_class: int = 0) -> Dict:
+    """{"classes", "train_counts", "strengths": [{strength, validation, publictest}], "recommended"}."""
+    from components.trainer.recipe import prior_log_bias
+    from serving.photos import resolve_model_dir
+
+    model_dir = resolve_model_dir(model_dir)
+    predictor = served_predictor(model_dir)
+    classes = predictor[1]
+    undo = -applied_bias(model_dir, classes)
+    held_out, counts = validation_images(data, classes)
+    splits = {"validation": image_probabilities(predictor, held_out, per_class=per_class),
+              "publictest": publictest_probabilities(predictor, data, per_class=per_class)}
+    splits = {k: (y, corrected(p, undo)) for k, (y, p) in splits.items()}
+    rows = []
+    for strength in strengths:
+        bias = prior_log_bias(counts, strength)
+        row = {"strength": strength}
+        for name, (truth, probabilities) in splits.items():
+            m = classification_metrics(truth, corrected(probabilities, bias).argmax(axis=1), classes)
+            row[name] = {"examples": m["examples"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                         "recall": {c: v["recall"] for c, v in m["per_class"].items()}}
+        rows.append(row)
+    best = max(rows, key=lambda r: (r["validation"]["macro_f1"], -r["strength"]))
+    return {"model": model_dir, "classes": classes, "train_counts": dict(zip(classes, counts)),
+            "applied_strength": _applied_strength(model_dir), "strengths": rows,
+            "recommended": best["strength"]}
+
+
+def _applied_strength(model_dir: str) -> float:
+    path = os.path.join(model_dir, features.PRIOR_CORRECTION_ASSET)
+    if not os.path.exists(path):
+        return 0.0
+    with open(path) as f:
+        return float(json.load(f)["strength"])
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="FER2013 folder with train/ and test/")
+    parser.add_argument("--model", required=True, help="a version directory or its parent")
+    parser.add_argument("--strengths", default=",".join(map(str, STRENGTHS)),
+                        help="comma-separated strengths to score (default %(default)s)")
+    parser.add_argument("--per-class", type=int, default=0, help="at most this many faces per class")
+    parser.add_argument("--json", help="also write the report here")
+    args = parser.parse_args(argv)
+    try:
+        strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
+        if not strengths or any(not 0 <= s <= 2 for s in strengths):
+            raise ValueError(f"--strengths {args.strengths!r}: numbers in [0, 2], comma-separated")
+        report = scan(args.model, args.data, strengths, args.per_class)
+    except (ValueError, OSError) as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 2
+    print(f"{report['model']} (exported with strength {report['applied_strength']})")
+    print("strength  validation acc / macro-F1   PublicTest acc / macro-F1")
+    for row in report["strengths"]:
+        v, t = row["validation"], row["publictest"]
+        print(f"{row['strength']:8.2f}  {v['accuracy']:.4f} / {v['macro_f1']:.4f}"
+              f"            {t['accuracy']:.4f} / {t['macro_f1']:.4f}")
+    print(f"recommended (best validation macro-F1): {report['recommended']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
