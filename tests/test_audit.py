@@ -53,6 +53,20 @@ def test_fairness_gate_judges_annotation_slices_big_enough_and_proxies_only_when
     assert audit.fairness_failures(rows, EvaluationConfig(fairness_max_gap=0.2)) == []
 
 
+def test_the_model_card_states_the_decision_rule_with_or_without_a_prior_correction():
+    rows = dict(pipeline="p", classes=["happy", "sad", "disgust"], metrics=METRICS, evaluator={},
+                evaluator_blessed=True, gates=EvaluationConfig(), annotation_columns=[],
+                lineage={}, data={})
+    plain = audit.build_report(**rows)
+    assert "network's own" in audit.model_card(plain) and "no prior correction" in audit.render_html(plain)
+    corrected = audit.build_report(**rows, prior_correction={
+        "strength": 0.5, "train_counts": {"happy": 7215, "sad": 4830, "disgust": 436},
+        "log_bias": {"happy": -0.9, "sad": -0.7, "disgust": 1.6}})
+    card = audit.model_card(corrected)
+    assert "to the power 0.5" in card and "least of all disgust" in card
+    assert "prior_correction.json" in audit.render_html(corrected)
+
+
 class Saboteur(tf.Module):
     """A 'model' with the pipeline's signatures that is right on every face except those of
     one annotated group, where it always answers the next class: deliberately unfair."""
@@ -144,7 +158,8 @@ def test_every_run_writes_an_audit_report_and_model_card_beside_the_pushed_model
         card = open(os.path.join(where, audit.MODEL_CARD)).read()
         for text in ("## Intended use", "## Out-of-scope uses", "Surveillance", "hiring",
                      "AI Act", "48x48 grayscale", "Label noise", "No demographic labels",
-                     "## Privacy", "## Caveats", "| gender=female | annotation |"):
+                     "## Privacy", "## Caveats", "| gender=female | annotation |",
+                     "Decision rule: `probabilities` are the network's own"):
             assert text in card
     assert "Audit: " in stdout and "model_card.md" in stdout
 

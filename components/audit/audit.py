@@ -106,7 +106,8 @@ def fairness_failures(rows: List[Dict], gates: EvaluationConfig) -> List[str]:
 
 def build_report(*, pipeline: str, classes: Sequence[str], metrics: Dict, evaluator: Dict,
                  evaluator_blessed: bool, gates: EvaluationConfig, annotation_columns: Sequence[str],
-                 lineage: Dict, data: Dict, calibration: Optional[Dict[str, Dict]] = None) -> Dict:
+                 lineage: Dict, data: Dict, calibration: Optional[Dict[str, Dict]] = None,
+                 prior_correction: Optional[Dict] = None) -> Dict:
     rows = slice_rows(metrics, annotation_columns, calibration, classes)
     fairness = fairness_failures(rows, gates)
     gate_list = [
@@ -127,7 +128,23 @@ def build_report(*, pipeline: str, classes: Sequence[str], metrics: Dict, evalua
         "annotation_columns": list(annotation_columns), "proxy_note": PROXY_NOTE,
         "reliability": (calibration or {}).get("overall", {}).get("bins", []),
         "fairness_indicators_threshold": FAIRNESS_THRESHOLD,
+        "prior_correction": prior_correction,
     }
+
+
+def decision_rule(report: Dict) -> str:
+    """How the served label follows from the network: its own arg-max, or after the
+    export's prior correction (the model card says which)."""
+    correction = report.get("prior_correction")
+    if not correction:
+        return ("Decision rule: `probabilities` are the network's own and `label` is the most "
+                "probable class (no prior correction).")
+    rare = min(correction["train_counts"], key=correction["train_counts"].get)
+    return ("Decision rule: `probabilities` are the network's divided by the training class "
+            f"frequencies to the power {correction['strength']:g} and renormalised (logit adjustment, "
+            "`assets.extra/prior_correction.json`), and `label` is the most probable of those: rare "
+            f"emotions (least of all {rare}) are predicted more often than by the network alone, so "
+            "the probabilities are tilted away from the training frequencies on purpose.")
 
 
 def _e(value) -> str:
@@ -147,6 +164,7 @@ def render_html(report: Dict) -> str:
            ".pass{color:#2e7d32}</style></head><body>",
            f"<h1>Audit report: {_e(report['pipeline'])}</h1>",
            f"<p><b>{verdict}</b>. Evaluated on the eval split (FER2013 PublicTest or your own).</p>",
+           f"<p>{_e(decision_rule(report).replace('`', ''))}</p>",
            "<h2>Gates</h2><table><tr><th>gate</th><th>result</th><th>why</th></tr>"]
     for gate in report["gates"]:
         out.append(f"<tr><td>{_e(gate['gate'])}</td><td class={'pass' if gate['passed'] else 'fail'}>"
@@ -218,6 +236,7 @@ def model_card(report: Dict) -> str:
         "Trained by this TFX pipeline on FER2013 (or the data named below); exported as a TF Serving "
         "SavedModel whose `predict_image` signature takes encoded images and returns `probabilities`, "
         "`label` and `classes`.", "",
+        decision_rule(report), "",
         "## Intended use",
         "Research, teaching and prototyping of facial-expression recognition; aggregate, consented "
         "analysis of posed expressions (for example user studies where participants agree to it); "

@@ -12,9 +12,11 @@ import json
 import tensorflow as tf
 from tfx import types
 from tfx.types import standard_artifacts
+from tfx.utils import path_utils
 from tfx.v1.dsl.components import InputArtifact, OutputArtifact, Parameter, component
 
 from components.audit import audit
+from pipeline import features
 from pipeline.config import EvaluationConfig
 from pipeline.evaluation import calibration, evaluation_metrics, validation_failures
 
@@ -52,6 +54,9 @@ def AuditGate(
         baseline_model: InputArtifact[standard_artifacts.Model] = None,
 ) -> None:
     config = EvaluationConfig.from_json(gates)
+    correction_file = f"{path_utils.serving_model_path(model.uri)}/{features.PRIOR_CORRECTION_ASSET}"
+    prior_correction = (json.loads(tf.io.gfile.GFile(correction_file).read())
+                        if tf.io.gfile.exists(correction_file) else None)
     class_names = classes.split(",")
     columns = [c for c in annotation_columns.split(",") if c]
     fingerprint = (examples.get_string_custom_property("input_fingerprint")
@@ -71,7 +76,8 @@ def AuditGate(
                  "baseline_model_uri": baseline_model.uri if baseline_model else None},
         data={"span": examples.span, "input_fingerprint_sha256":
               hashlib.sha256(fingerprint.encode()).hexdigest() if fingerprint else "unknown",
-              "examples_uri": examples.uri})
+              "examples_uri": examples.uri},
+        prior_correction=prior_correction)
     _write(audit_report.uri, audit.AUDIT_JSON, json.dumps(report, indent=1))
     _write(audit_report.uri, audit.AUDIT_HTML, audit.render_html(report))
     _write(audit_report.uri, audit.MODEL_CARD, audit.model_card(report))
