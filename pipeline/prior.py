@@ -44,14 +44,15 @@ def validation_images(data: str, classes: Sequence[str],
     return held_out, counts
 
 
-def applied_bias(model_dir: str, classes: Sequence[str]) -> np.ndarray:
-    """The log-bias the model's export added (zeros without a prior correction)."""
+def applied(model_dir: str, classes: Sequence[str]):
+    """(strength, log-bias per class) of the prior correction the model was exported
+    with; (0.0, zeros) without one."""
     path = os.path.join(model_dir, features.PRIOR_CORRECTION_ASSET)
     if not os.path.exists(path):
-        return np.zeros(len(classes), np.float32)
+        return 0.0, np.zeros(len(classes), np.float32)
     with open(path) as f:
-        recorded = json.load(f)["log_bias"]
-    return np.asarray([recorded[c] for c in classes], np.float32)
+        recorded = json.load(f)
+    return float(recorded["strength"]), np.asarray([recorded["log_bias"][c] for c in classes], np.float32)
 
 
 def corrected(probabilities: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -69,11 +70,11 @@ def scan(model_dir: str, data: str, strengths: Sequence[float] = STRENGTHS, per_
     model_dir = resolve_model_dir(model_dir)
     predictor = served_predictor(model_dir)
     classes = predictor[1]
-    undo = -applied_bias(model_dir, classes)
+    strength_applied, bias_applied = applied(model_dir, classes)
     held_out, counts = validation_images(data, classes)
     splits = {"validation": image_probabilities(predictor, held_out, per_class=per_class),
               "publictest": publictest_probabilities(predictor, data, per_class=per_class)}
-    splits = {k: (y, corrected(p, undo)) for k, (y, p) in splits.items()}
+    splits = {k: (y, corrected(p, -bias_applied)) for k, (y, p) in splits.items()}
     rows = []
     for strength in strengths:
         bias = prior_log_bias(counts, strength)
@@ -85,16 +86,8 @@ def scan(model_dir: str, data: str, strengths: Sequence[float] = STRENGTHS, per_
         rows.append(row)
     best = max(rows, key=lambda r: (r["validation"]["macro_f1"], -r["strength"]))
     return {"model": model_dir, "classes": classes, "train_counts": dict(zip(classes, counts)),
-            "applied_strength": _applied_strength(model_dir), "strengths": rows,
+            "applied_strength": strength_applied, "strengths": rows,
             "recommended": best["strength"]}
-
-
-def _applied_strength(model_dir: str) -> float:
-    path = os.path.join(model_dir, features.PRIOR_CORRECTION_ASSET)
-    if not os.path.exists(path):
-        return 0.0
-    with open(path) as f:
-        return float(json.load(f)["strength"])
 
 
 def main(argv: Optional[List[str]] = None) -> int:
