@@ -63,7 +63,7 @@ def test_the_model_card_states_the_decision_rule_with_or_without_a_prior_correct
         "strength": 0.5, "train_counts": {"happy": 7215, "sad": 4830, "disgust": 436},
         "log_bias": {"happy": -0.9, "sad": -0.7, "disgust": 1.6}})
     card = audit.model_card(corrected)
-    assert "to the power 0.5" in card and "least of all disgust" in card
+    assert "to the power 0.5" in card and "(disgust most of all)" in card
     assert "prior_correction.json" in audit.render_html(corrected)
 
 

@@ -143,7 +143,7 @@ def decision_rule(report: Dict) -> str:
     return ("Decision rule: `probabilities` are the network's divided by the training class "
             f"frequencies to the power {correction['strength']:g} and renormalised (logit adjustment, "
             "`assets.extra/prior_correction.json`), and `label` is the most probable of those: rare "
-            f"emotions (least of all {rare}) are predicted more often than by the network alone, so "
+            f"emotions ({rare} most of all) are predicted more often than by the network alone, so "
             "the probabilities are tilted away from the training frequencies on purpose.")
 
 
