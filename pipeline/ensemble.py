@@ -18,13 +18,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pipeline.scoring import classification_metrics
+from pipeline.scoring import probability_metrics as _scored
 from pipeline.ship import publictest_probabilities, served_predictor
-
-
-def _scored(truth: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]) -> Dict:
-    metrics = classification_metrics(truth, probabilities.argmax(axis=1), classes)
-    return {k: metrics[k] for k in ("examples", "accuracy", "macro_f1", "per_class")}
 
 
 def evaluate(model_dirs: Sequence[str], data: str, per_class: int = 0) -> Dict:

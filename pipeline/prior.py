@@ -14,13 +14,11 @@ recommended strength is the one with the best validation macro-F1; export with i
 """
 import argparse
 import json
-import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pipeline import features
 from pipeline.config import TrainingConfig
 from pipeline.scoring import classification_metrics
 from pipeline.ship import image_probabilities, publictest_probabilities, served_predictor
@@ -32,13 +30,12 @@ def validation_images(data: str, classes: Sequence[str],
                       fraction: float = TrainingConfig.validation_fraction):
     """({emotion: the validation carve-out's image paths}, [training count per class]) of
     data/train, split as the standalone trainer splits it."""
-    from components.trainer.standalone import is_validation, split_images
+    from components.trainer.standalone import image_id, is_validation, split_images
 
     held_out, counts = {}, []
     for emotion in classes:
         paths = split_images(data, "train", emotion)
-        ids = [f"{os.path.splitext(os.path.basename(p))[0]}-{emotion}" for p in paths]
-        chosen = is_validation(ids, fraction)
+        chosen = is_validation([image_id(p, emotion) for p in paths], fraction)
         held_out[emotion] = [p for p, v in zip(paths, chosen) if v]
         counts.append(int(len(paths) - chosen.sum()))
     return held_out, counts
@@ -47,11 +44,11 @@ def validation_images(data: str, classes: Sequence[str],
 def applied(model_dir: str, classes: Sequence[str]):
     """(strength, log-bias per class) of the prior correction the model was exported
     with; (0.0, zeros) without one."""
-    path = os.path.join(model_dir, features.PRIOR_CORRECTION_ASSET)
-    if not os.path.exists(path):
+    from components.trainer.export import read_prior_correction
+
+    recorded = read_prior_correction(model_dir)
+    if not recorded:
         return 0.0, np.zeros(len(classes), np.float32)
-    with open(path) as f:
-        recorded = json.load(f)
     return float(recorded["strength"]), np.asarray([recorded["log_bias"][c] for c in classes], np.float32)
 
 

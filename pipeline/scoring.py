@@ -23,3 +23,10 @@ def classification_metrics(truth: np.ndarray, predicted: np.ndarray, classes: Se
             "macro_f1": round(float(np.mean([v["f1"] for v in per_class.values()])), 4),
             "per_class": per_class,
             "confusion_matrix": {"rows": "actual", "columns": "predicted", "counts": matrix}}
+
+
+def probability_metrics(truth: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]) -> Dict:
+    """`classification_metrics` of the arg-max of `probabilities` [N, C], without the
+    confusion matrix: the shape in which single models, flip TTA and ensembles are reported."""
+    metrics = classification_metrics(truth, np.asarray(probabilities).argmax(axis=1), classes)
+    return {k: metrics[k] for k in ("examples", "accuracy", "macro_f1", "per_class")}

@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from pipeline import features
-from pipeline.scoring import classification_metrics
+from pipeline.scoring import classification_metrics, probability_metrics
 
 METADATA_JSON = "metadata.json"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -96,8 +96,7 @@ def evaluate_saved_model(path: str, data: str, batch_size: int = 256, flip_tta: 
                     split="FER2013 PublicTest (test/ folder)", classes=classes)
     if flip_tta:
         _, mirrored = publictest_probabilities(predictor, data, flip=True, batch_size=batch_size)
-        both = classification_metrics(truth, (probabilities + mirrored).argmax(axis=1), classes)
-        measured["flip_tta"] = {k: both[k] for k in ("examples", "accuracy", "macro_f1", "per_class")}
+        measured["flip_tta"] = probability_metrics(truth, (probabilities + mirrored) / 2, classes)
     return measured
 
 
@@ -140,10 +139,11 @@ def ship(pushed: str, name: str, data: str, models_dir: str = "models",
         "size_bytes": directory_bytes(target),
         "date": time.strftime("%Y-%m-%d"), "notes": notes,
     }
-    correction = os.path.join(target, features.PRIOR_CORRECTION_ASSET)
-    if os.path.exists(correction):
-        with open(correction) as f:
-            metadata["prior_correction"] = json.load(f)
+    from components.trainer.export import read_prior_correction
+
+    correction = read_prior_correction(target)
+    if correction:
+        metadata["prior_correction"] = correction
     if result:
         with open(result) as f:
             trained = json.load(f)

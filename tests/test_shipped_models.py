@@ -12,6 +12,7 @@ from PIL import Image
 
 from components.example_gen.fer2013 import make_example
 from pipeline import features, ship
+from pipeline.scoring import probability_metrics
 from tests.conftest import FER2013, REPO
 
 SHIPPED = sorted(glob.glob(str(REPO / "models" / "*" / ship.METADATA_JSON)))
@@ -78,7 +79,7 @@ def test_flip_tta_and_ensemble_are_scored_through_the_served_models():
     _, mirrored = ship.publictest_probabilities(predictor, str(FER2013), flip=True, per_class=15)
     assert classes == report["classes"]
     assert np.abs(plain - mirrored).max() > 0.05  # the mirror image really was fed
-    assert ensemble._scored(truth, (plain + mirrored) / 2, classes) == single["flip_tta"]
+    assert probability_metrics(truth, (plain + mirrored) / 2, classes) == single["flip_tta"]
     others = [os.path.dirname(p) for p in SHIPPED
               if json.load(open(p))["classes"] != report["classes"]]
     for other in others:

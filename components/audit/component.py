@@ -16,7 +16,7 @@ from tfx.utils import path_utils
 from tfx.v1.dsl.components import InputArtifact, OutputArtifact, Parameter, component
 
 from components.audit import audit
-from pipeline import features
+from components.trainer.export import read_prior_correction
 from pipeline.config import EvaluationConfig
 from pipeline.evaluation import calibration, evaluation_metrics, validation_failures
 
@@ -54,9 +54,7 @@ def AuditGate(
         baseline_model: InputArtifact[standard_artifacts.Model] = None,
 ) -> None:
     config = EvaluationConfig.from_json(gates)
-    correction_file = f"{path_utils.serving_model_path(model.uri)}/{features.PRIOR_CORRECTION_ASSET}"
-    prior_correction = (json.loads(tf.io.gfile.GFile(correction_file).read())
-                        if tf.io.gfile.exists(correction_file) else None)
+    prior_correction = read_prior_correction(path_utils.serving_model_path(model.uri))
     class_names = classes.split(",")
     columns = [c for c in annotation_columns.split(",") if c]
     fingerprint = (examples.get_string_custom_property("input_fingerprint")

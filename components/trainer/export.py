@@ -112,6 +112,16 @@ def export_serving_model(model: keras.Model, tf_transform_output: tft.TFTransfor
     return export_dir
 
 
+def read_prior_correction(model_dir: str) -> Optional[dict]:
+    """What `export_serving_model` recorded of the prior correction of the SavedModel in
+    `model_dir` (strength, train_counts, log_bias per class), or None without one."""
+    path = os.path.join(model_dir, features.PRIOR_CORRECTION_ASSET)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
 def _warmup_images(n: int) -> list:
     """Synthetic, face-free images (no user data in the model): a 48x48 grayscale PNG
     gradient and a 96x96 colour JPEG, so both decode paths and the resize are traced."""

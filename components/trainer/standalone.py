@@ -82,7 +82,6 @@ def load_split(root: str, split: str, classes: Sequence[str],
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{folder}: no such folder (expected {split}/<emotion>/ images)")
         for path in split_images(root, split, emotion)[:per_class or None]:
-            name = os.path.basename(path)
             try:
                 with Image.open(path) as image:
                     array = np.asarray(image.convert("L"), dtype=np.float32)
@@ -93,10 +92,15 @@ def load_split(root: str, split: str, classes: Sequence[str],
                                  f"{features.IMAGE_SIZE}x{features.IMAGE_SIZE}")
             images.append(array / 255.0)
             labels.append(class_id)
-            ids.append(f"{os.path.splitext(name)[0]}-{emotion}")
+            ids.append(image_id(path, emotion))
     if not images:
         raise ValueError(f"{os.path.join(root, split)}: no images of {', '.join(classes)}")
     return np.stack(images)[..., None], np.asarray(labels, np.int64), ids
+
+
+def image_id(path: str, emotion: str) -> str:
+    """The id the validation carve-out hashes: file name without suffix, then the emotion."""
+    return f"{os.path.splitext(os.path.basename(path))[0]}-{emotion}"
 
 
 def is_validation(image_ids: Sequence[str], fraction: float) -> np.ndarray:
