@@ -28,20 +28,60 @@ def test_training_model_shares_weights_with_the_exported_network():
     np.testing.assert_allclose(training.predict(x, verbose=0), network.predict(x, verbose=0), atol=1e-5)
 
 
+FACES = np.random.default_rng(3).random((6, 48, 48, 1)).astype("float32")
+
+
+def draws(**values):
+    """`RandomFaceTransform.draw` output with the named columns set, the others 0."""
+    columns = ("flip", "angle", "shift_x", "shift_y", "zoom")
+    table = np.zeros((len(FACES), 5), "float32")
+    for name, value in values.items():
+        table[:, columns.index(name)] = value
+    return table
+
+
+def test_augmentation_moves_faces_as_its_draws_say():
+    layer = model_lib.RandomFaceTransform(rotation=0.25, shift=0.25, zoom=0.5, seed=1)
+    moved = lambda **values: np.asarray(layer.transform(FACES, draws(**values)))
+    np.testing.assert_allclose(moved(), FACES, atol=1e-6)                    # all zero: the identity
+    np.testing.assert_allclose(moved(flip=-0.5), FACES[:, :, ::-1], atol=1e-6)
+    # shift 0.25 * 0.5 of 48 pixels = 6: output column c shows source column c + 6, and the
+    # last 6 columns repeat the edge ('nearest' fill)
+    shifted = moved(shift_x=0.5)
+    np.testing.assert_allclose(shifted[:, :, :42], FACES[:, :, 6:], atol=1e-5)
+    np.testing.assert_allclose(shifted[:, :, 42:], np.repeat(FACES[:, :, 47:], 6, axis=2), atol=1e-5)
+    np.testing.assert_allclose(moved(shift_y=-0.5)[:, 6:], FACES[:, :42], atol=1e-5)
+    # a quarter turn (0.25 * 1.0 of a full turn) of a square face is a transpose and flip
+    np.testing.assert_allclose(moved(angle=1.0), np.rot90(FACES, k=1, axes=(1, 2)), atol=1e-4)
+    # zoom 1 - 0.5: each output pixel samples half as far from the centre (23.5), so on a
+    # left-to-right ramp column c shows the ramp at 23.5 + (c - 23.5) / 2 (bilinear is exact)
+    ramp = np.broadcast_to(np.arange(48, dtype="float32")[None, None, :, None], FACES.shape)
+    zoomed = np.asarray(layer.transform(np.ascontiguousarray(ramp), draws(zoom=-1.0)))
+    np.testing.assert_allclose(zoomed[0, 20], 23.5 + (np.arange(48)[:, None] - 23.5) / 2, atol=1e-4)
+
+
+def test_augmentation_is_the_identity_at_inference_and_random_in_training():
+    layer = model_lib.augmentation(seed=42)
+    np.testing.assert_array_equal(np.asarray(layer(FACES, training=False)), FACES)
+    first, second = (np.asarray(layer(FACES, training=True)) for _ in range(2))
+    assert not np.allclose(first, FACES) and not np.allclose(first, second)
+    assert 0.0 <= first.min() and first.max() <= 1.0   # bilinear: no pixel outside the face's range
+    again = model_lib.augmentation(seed=42)            # the same seed draws the same transforms
+    np.testing.assert_allclose(np.asarray(again(FACES, training=True)), first, atol=1e-6)
+
+
 def test_augmentation_draws_each_transform_independently():
-    flip, rotation, translation, zoom = model_lib.augmentation(seed=42).layers
-    faces = np.zeros((512, 48, 48, 1), "float32")
-    flipped = np.asarray(flip.get_random_transformation(faces)["flips"]).reshape(-1)
-    angles = np.asarray(rotation.get_random_transformation(faces)["angle"]).reshape(-1)
-    shifts = np.asarray(translation.get_random_transformation(faces)["translations"])
-    zooms = zoom.get_random_transformation(faces)
-    # About half the faces flipped, and rotated either way whether flipped or not.
-    assert 0.4 < flipped.mean() < 0.6
-    assert (angles[flipped] < 0).mean() == pytest.approx(0.5, abs=0.1)
-    assert (angles[~flipped] < 0).mean() == pytest.approx(0.5, abs=0.1)
-    for shift in shifts.T:   # and shifted and zoomed independently
-        for factor in (zooms["height_zoom"], zooms["width_zoom"]):
-            assert abs(np.corrcoef(shift, np.ravel(factor))[0, 1]) < 0.15
+    table = np.asarray(model_lib.augmentation(seed=42).draw(2048))
+    assert 0.45 < (table[:, 0] < 0).mean() < 0.55                 # about half the faces flipped
+    assert np.abs(np.corrcoef(table.T) - np.eye(5)).max() < 0.1   # flip, angle, shifts, zoom apart
+    assert table.min() >= -1 and table.max() <= 1
+
+
+def test_augmentation_rejects_out_of_range_settings():
+    with pytest.raises(ValueError, match="rotation must be in"):
+        model_lib.RandomFaceTransform(rotation=0.7)
+    with pytest.raises(ValueError, match="shift=1.5"):
+        model_lib.RandomFaceTransform(shift=1.5)
 
 
 def test_unknown_model_name_is_rejected():

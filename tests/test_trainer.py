@@ -221,9 +221,21 @@ def test_a_resumed_training_draws_the_random_numbers_an_uninterrupted_one_would(
     with pytest.raises(KeyboardInterrupt):
         run("resumed", _Interrupt(after_epoch=0))
     resumed = run("resumed")            # epochs 2 and 3 only
-    assert len(straight[0][0]) == 5     # flip, rotation, translation, zoom, dropout
+    assert len(straight[0][0]) == 2     # the augmentation's stream and the dropout's
     assert resumed[0] == straight[1] and resumed[1] == straight[2]
     assert straight[1] != straight[2] and straight[0][1] != straight[1][1]   # new draws, new order each epoch
+
+
+def test_the_training_benchmark_times_a_model_with_and_without_its_augmentation(fer2013_root, tmp_path):
+    from components.trainer import benchmark
+    out = tmp_path / "trainer.json"
+    assert benchmark.main(["--data", str(fer2013_root), "--models", "compact", "--steps", "2",
+                           "--batch-size", "16", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    row, = result["models"]
+    assert result["backend"] == keras.backend.backend() and row["parameters"] == 58423
+    assert row["train_images_per_second"] > 0 and row["train_images_per_second_without_augmentation"] > 0
+    assert row["seconds_per_epoch"] == round(benchmark.EPOCH_IMAGES / row["train_images_per_second"])
 
 
 def test_curves_are_written_as_png(tmp_path):
@@ -409,6 +421,12 @@ def test_standalone_warm_start_classes_needs_warm_start(tmp_path, capsys):
     assert standalone.main(["--data", str(tmp_path), "--output", str(tmp_path / "o"), "--classes",
                             "happy,sad", "--warm-start-classes", ",".join(features.EMOTIONS)]) == 2
     assert "--warm-start-classes needs --warm-start" in capsys.readouterr().err
+
+
+def test_standalone_refuses_a_negative_reduce_lr_patience(tmp_path, capsys):
+    assert standalone.main(["--data", str(tmp_path), "--output", str(tmp_path / "o"),
+                            "--reduce-lr-patience", "-1"]) == 2
+    assert "reduce_lr_patience must be >= 0" in capsys.readouterr().err
 
 
 def test_the_standalone_trainer_scores_publictest_only_and_counts_privatetest_files_kept_back(

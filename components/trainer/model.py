@@ -1,4 +1,4 @@
-"""Model builders in pure Keras 3 (keras.layers only): they run on TensorFlow inside
+"""Model builders in pure Keras 3 (keras.layers and keras.ops): they run on TensorFlow inside
 TFX and on JAX on a GPU machine outside it.
 
 Models: `dcnn` (the seed notebook's), `vggnet` (the strong one), `compact` (for
@@ -12,11 +12,12 @@ graph must not capture).
 """
 import dataclasses
 import logging
+import math
 import os
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from pipeline import config, features
 
@@ -26,17 +27,86 @@ INPUT_SHAPE: Tuple[int, int, int] = (features.IMAGE_SIZE, features.IMAGE_SIZE,
                                      features.IMAGE_CHANNELS)
 
 
-def augmentation(seed: int = 42) -> keras.Sequential:
-    """Random flip, small rotation, shift and zoom; identity at inference. Each layer has
-    its own seed: layers seeded alike draw the same random numbers, which would tie the
-    transforms together (every flipped face rotated one way, every shift matched by a
-    zoom) instead of combining them independently."""
-    return keras.Sequential([
-        layers.RandomFlip("horizontal", seed=seed),
-        layers.RandomRotation(0.05, fill_mode="nearest", seed=seed + 1),
-        layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 2),
-        layers.RandomZoom(0.1, fill_mode="nearest", seed=seed + 3),
-    ], name="augmentation")
+AUGMENTATION = dict(flip=True, rotation=0.05, shift=0.1, zoom=0.1)
+
+
+@keras.saving.register_keras_serializable(package="fer")
+class RandomFaceTransform(layers.Layer):
+    """Training-time augmentation of a batch of [H, W, C] images: a random horizontal flip,
+    rotation (up to `rotation` of a full turn), shift (up to `shift` of the side) and zoom
+    (1 +- `zoom`), drawn independently per face and applied as one affine map with
+    bilinear sampling; outside the face, the nearest edge pixel ('nearest' fill). The
+    identity at inference.
+
+    Pure keras.ops (one gather per corner of a flattened batch), so it is as fast on a GPU
+    under JAX as under TensorFlow. The Keras RandomFlip, RandomRotation, RandomTranslation
+    and RandomZoom layers it replaces (three resamplings through
+    jax.scipy.ndimage.map_coordinates under JAX) added 0.5 s to a 3 ms DCNN training step
+    at batch 64 on an H100 (keras 3.15, jax 0.11)."""
+
+    def __init__(self, flip: bool = True, rotation: float = 0.05, shift: float = 0.1,
+                 zoom: float = 0.1, seed: Optional[int] = None, **kwargs):
+        super().__init__(**kwargs)
+        if not (0 <= rotation <= 0.5 and 0 <= shift < 1 and 0 <= zoom < 1):
+            raise ValueError(f"rotation must be in [0, 0.5] and shift, zoom in [0, 1), got "
+                             f"rotation={rotation}, shift={shift}, zoom={zoom}")
+        self.flip, self.rotation, self.shift, self.zoom, self.seed = flip, rotation, shift, zoom, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def draw(self, batch_size):
+        """[batch, 5] uniform(-1, 1) draws: flip (< 0 flips), angle, shift x, shift y, zoom."""
+        return keras.random.uniform((batch_size, 5), -1.0, 1.0, seed=self.seed_generator)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        return self.transform(images, self.draw(ops.shape(images)[0]))
+
+    def transform(self, images, draws):
+        """`images` moved by the transforms that `draws` (see `draw`) stand for."""
+        height, width, channels = images.shape[1:]
+        draws = ops.cast(draws, "float32")
+        flip = ops.where(draws[:, 0:1] < 0, -1.0, 1.0) if self.flip else 1.0
+        angle = draws[:, 1:2] * (self.rotation * 2 * math.pi)
+        zoom = 1.0 + draws[:, 4:5] * self.zoom
+        shift_x, shift_y = draws[:, 2:3] * (self.shift * width), draws[:, 3:4] * (self.shift * height)
+        # Each output pixel's place in the source face, about the centre: flip, rotate,
+        # zoom, shift. [1, H*W] grids against [batch, 1] parameters give [batch, H*W].
+        rows, cols = ops.meshgrid(ops.arange(height, dtype="float32"), ops.arange(width, dtype="float32"),
+                                  indexing="ij")
+        x = ops.reshape(cols, (1, -1)) - (width - 1) / 2 * 1.0
+        y = ops.reshape(rows, (1, -1)) - (height - 1) / 2 * 1.0
+        x = x * flip
+        cos, sin = ops.cos(angle), ops.sin(angle)
+        source_x = ops.clip((cos * x - sin * y) * zoom + shift_x + (width - 1) / 2, 0.0, width - 1.0)
+        source_y = ops.clip((sin * x + cos * y) * zoom + shift_y + (height - 1) / 2, 0.0, height - 1.0)
+        x0, y0 = ops.floor(source_x), ops.floor(source_y)
+        x1, y1 = ops.minimum(x0 + 1, width - 1.0), ops.minimum(y0 + 1, height - 1.0)
+        weight_x = ops.expand_dims(ops.cast(source_x - x0, images.dtype), -1)
+        weight_y = ops.expand_dims(ops.cast(source_y - y0, images.dtype), -1)
+        flat = ops.reshape(images, (-1, height * width, channels))
+
+        def pixels(row, col):
+            index = ops.cast(row * width + col, "int32")
+            return ops.take_along_axis(flat, ops.repeat(ops.expand_dims(index, -1), channels, axis=-1),
+                                       axis=1)
+
+        top = pixels(y0, x0) * (1 - weight_x) + pixels(y0, x1) * weight_x
+        bottom = pixels(y1, x0) * (1 - weight_x) + pixels(y1, x1) * weight_x
+        return ops.reshape(top * (1 - weight_y) + bottom * weight_y, (-1, height, width, channels))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "flip": self.flip, "rotation": self.rotation,
+                "shift": self.shift, "zoom": self.zoom, "seed": self.seed}
+
+
+def augmentation(seed: int = 42) -> RandomFaceTransform:
+    """The recipe's augmentation (`AUGMENTATION`: flip, rotation up to 18 degrees, shift and
+    zoom up to 10%), drawn from `seed`; identity at inference."""
+    return RandomFaceTransform(**AUGMENTATION, seed=seed, name="augmentation")
 
 
 def with_augmentation(network: keras.Model, seed: int = 42) -> keras.Model:

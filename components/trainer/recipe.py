@@ -161,13 +161,16 @@ def callbacks(config: TrainingConfig, log_dir: str, checkpoint_dir: str,
 
 
 def training_dir(checkpoint_dir: str, config: TrainingConfig, data_id: str) -> str:
-    """`<checkpoint_dir>/<key>/`, key = hash of the configuration and the data; the
-    configuration is written beside the checkpoints for people."""
+    """`<checkpoint_dir>/<key>/`, key = hash of the configuration, the augmentation (its
+    layer's settings: checkpoints of the training model hold its random state) and the
+    data; the configuration is written beside the checkpoints for people."""
     if "://" in checkpoint_dir:
         raise ValueError(f"checkpoint_dir {checkpoint_dir!r}: object storage is not supported for "
                          "checkpoints; use a local or mounted path (a volume, gcsfuse)")
     recipe = json.loads(json.dumps(dict(config.to_dict(), checkpoint_dir="")))
     identity = {k: v for k, v in recipe.items() if k not in _STOPPING_FIELDS + _EXPORT_FIELDS}
+    if config.augment:
+        identity["augmentation"] = dict(model_lib.AUGMENTATION, layer=model_lib.RandomFaceTransform.__name__)
     key = hashlib.sha256(json.dumps({"recipe": identity, "data": data_id}, sort_keys=True).encode())
     path = os.path.join(checkpoint_dir, key.hexdigest()[:16])
     os.makedirs(path, exist_ok=True)

@@ -279,6 +279,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--imbalance", choices=("class_weight", "none"), default=TrainingConfig.imbalance)
     parser.add_argument("--patience", type=int, default=TrainingConfig.early_stopping_patience)
+    parser.add_argument("--reduce-lr-patience", type=int,
+                        help="epochs without a better validation accuracy before the learning "
+                             "rate is halved (default: half of --patience)")
     parser.add_argument("--pretrained-weights", default="")
     parser.add_argument("--warm-start", default="")
     parser.add_argument("--warm-start-classes",
@@ -302,7 +305,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
             optimizer=args.optimizer, label_smoothing=args.label_smoothing, imbalance=args.imbalance,
             early_stopping_patience=args.patience,
-            reduce_lr_patience=max(1, args.patience // 2), pretrained_weights=args.pretrained_weights,
+            reduce_lr_patience=(args.reduce_lr_patience if args.reduce_lr_patience is not None
+                                else max(1, args.patience // 2)), pretrained_weights=args.pretrained_weights,
             warm_start=args.warm_start)
         if bool(args.teacher_model) != bool(args.teacher_weights):
             raise ValueError("--teacher-model and --teacher-weights go together")
