@@ -60,6 +60,27 @@ def test_augmentation_moves_faces_as_its_draws_say():
     np.testing.assert_allclose(zoomed[0, 20], 23.5 + (np.arange(48)[:, None] - 23.5) / 2, atol=1e-4)
 
 
+def test_augmentation_combines_its_transforms_as_one_affine_map():
+    from scipy import ndimage
+    layer = model_lib.RandomFaceTransform(rotation=0.1, shift=0.2, zoom=0.3)
+    table = np.random.default_rng(4).uniform(-1, 1, (len(FACES), 5)).astype("float32")
+    moved = np.asarray(layer.transform(FACES, table))
+    rows, cols = np.mgrid[0:48, 0:48].astype("float64") - 23.5
+    for face, out, (flip, angle, shift_x, shift_y, zoom) in zip(FACES, moved, table):
+        x, turn, scale = cols * (-1 if flip < 0 else 1), angle * 0.1 * 2 * np.pi, 1 + zoom * 0.3
+        source_x = (np.cos(turn) * x - np.sin(turn) * rows) * scale + shift_x * 0.2 * 48 + 23.5
+        source_y = (np.sin(turn) * x + np.cos(turn) * rows) * scale + shift_y * 0.2 * 48 + 23.5
+        expected = ndimage.map_coordinates(face[..., 0], [source_y, source_x], order=1, mode="nearest")
+        np.testing.assert_allclose(out[..., 0], expected, atol=1e-4)
+
+
+def test_augmentation_interpolates_integer_faces_as_floats():
+    ramp = np.broadcast_to(np.arange(48, dtype="uint8")[None, None, :, None], (1, 48, 48, 1))
+    layer = model_lib.RandomFaceTransform(shift=0.25)
+    half_pixel = np.asarray(layer.transform(np.ascontiguousarray(ramp), draws(shift_x=0.5 / 12)[:1]))
+    np.testing.assert_allclose(half_pixel[0, 0, :47, 0], np.arange(47) + 0.5, atol=1e-4)
+
+
 def test_augmentation_is_the_identity_at_inference_and_random_in_training():
     layer = model_lib.augmentation(seed=42)
     np.testing.assert_array_equal(np.asarray(layer(FACES, training=False)), FACES)

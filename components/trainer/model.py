@@ -6,7 +6,7 @@ CPU serving), `vgg16` and `resnet50` (keras.applications transfer models). Every
 `(input_shape, num_classes)` and returns an uncompiled
 `keras.Model` from a [48, 48, 1] float image in [0, 1] to class probabilities:
 the network that is exported for serving. `with_augmentation` wraps it in the
-training model, whose augmentation layers run on the accelerator during fit
+training model, whose augmentation layer runs on the accelerator during fit
 (and are not part of the export: they hold random-seed state that a serving
 graph must not capture).
 """
@@ -44,6 +44,10 @@ class RandomFaceTransform(layers.Layer):
     jax.scipy.ndimage.map_coordinates under JAX) added 0.5 s to a 3 ms DCNN training step
     at batch 64 on an H100 (keras 3.15, jax 0.11)."""
 
+    # Part of the checkpoint key (recipe.training_dir): change it when the meaning of the
+    # random draws changes, so that a resumed training does not reinterpret them.
+    VERSION = 1
+
     def __init__(self, flip: bool = True, rotation: float = 0.05, shift: float = 0.1,
                  zoom: float = 0.1, seed: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
@@ -63,7 +67,10 @@ class RandomFaceTransform(layers.Layer):
         return self.transform(images, self.draw(ops.shape(images)[0]))
 
     def transform(self, images, draws):
-        """`images` moved by the transforms that `draws` (see `draw`) stand for."""
+        """`images` moved by the transforms that `draws` (see `draw`) stand for. Integer
+        images come back as float32 (interpolated values are not whole numbers)."""
+        if not keras.backend.standardize_dtype(images.dtype).startswith(("float", "bfloat")):
+            images = ops.cast(images, "float32")
         height, width, channels = images.shape[1:]
         draws = ops.cast(draws, "float32")
         flip = ops.where(draws[:, 0:1] < 0, -1.0, 1.0) if self.flip else 1.0
@@ -110,13 +117,13 @@ def augmentation(seed: int = 42) -> RandomFaceTransform:
 
 
 def with_augmentation(network: keras.Model, seed: int = 42) -> keras.Model:
-    """The training model: augmentation layers, then `network` (sharing its weights)."""
+    """The training model: the augmentation layer, then `network` (sharing its weights)."""
     inputs = keras.Input(shape=network.input_shape[1:], name=features.PIXELS_KEY)
     return keras.Model(inputs, network(augmentation(seed)(inputs)), name=f"{network.name}_training")
 
 
 def training_model(network: keras.Model, training: "config.TrainingConfig") -> keras.Model:
-    """What is fitted: `network` behind the augmentation layers, or itself without them."""
+    """What is fitted: `network` behind the augmentation layer, or itself without it."""
     return with_augmentation(network, training.seed) if training.augment else network
 
 

@@ -170,7 +170,8 @@ def training_dir(checkpoint_dir: str, config: TrainingConfig, data_id: str) -> s
     recipe = json.loads(json.dumps(dict(config.to_dict(), checkpoint_dir="")))
     identity = {k: v for k, v in recipe.items() if k not in _STOPPING_FIELDS + _EXPORT_FIELDS}
     if config.augment:
-        identity["augmentation"] = dict(model_lib.AUGMENTATION, layer=model_lib.RandomFaceTransform.__name__)
+        identity["augmentation"] = dict(model_lib.AUGMENTATION, layer=model_lib.RandomFaceTransform.__name__,
+                                        version=model_lib.RandomFaceTransform.VERSION)
     key = hashlib.sha256(json.dumps({"recipe": identity, "data": data_id}, sort_keys=True).encode())
     path = os.path.join(checkpoint_dir, key.hexdigest()[:16])
     os.makedirs(path, exist_ok=True)
