@@ -379,6 +379,19 @@ def test_distillation_targets_mix_labels_with_the_softened_teacher():
     assert softer[0, 0] < 0.8 and softer.sum() == pytest.approx(1.0)   # a higher temperature flattens
 
 
+def test_flip_averaged_probabilities_are_the_mean_over_each_face_and_its_mirror():
+    network = model_lib.build("compact", 3)
+    faces = np.random.default_rng(1).random((4, 48, 48, 1), dtype=np.float32)
+    plain = standalone.probabilities(network, faces)
+    mirrored = network.predict(faces[:, :, ::-1], verbose=0)
+    assert not np.allclose(plain, mirrored, atol=1e-4)   # the network is not mirror-symmetric
+    np.testing.assert_allclose(standalone.probabilities(network, faces, flip=True),
+                               (plain + mirrored) / 2, rtol=1e-5, atol=1e-6)
+    symmetric = (faces + faces[:, :, ::-1]) / 2   # a mirror-symmetric face gains nothing from the flip
+    np.testing.assert_allclose(standalone.probabilities(network, symmetric, flip=True),
+                               standalone.probabilities(network, symmetric), rtol=1e-5, atol=1e-6)
+
+
 def test_a_spent_time_budget_stops_training_cleanly_with_the_best_weights(tmp_path):
     if not (FER2013 / "train").is_dir():
         pytest.skip("FER2013 not found")

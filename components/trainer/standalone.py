@@ -18,7 +18,9 @@ SavedModel (`fer-pipeline run ... --warm-start OUT/<model>.weights.h5 --epochs 0
 
 Distillation (e.g. the compact model from the strong one): `--teacher-model vggnet
 --teacher-weights OUT/vggnet.weights.h5` trains on a mix of the one-hot labels and the
-teacher's softened probabilities (`soft_targets`).
+teacher's softened probabilities (`soft_targets`); `--teacher-flip` averages the
+teacher's probabilities over each face and its mirror image. A shipped model can teach:
+`python -m components.trainer.saved_weights` takes its weights out of the SavedModel.
 
 Validation data is carved from train/ by a hash of the file name (the same fraction as
 the Trainer's, a different hash); test/ (PublicTest) is only evaluated, never trained on.
@@ -113,10 +115,16 @@ def evaluate(network: keras.Model, x: np.ndarray, y: np.ndarray, classes: Sequen
              flip: bool = False) -> Dict:
     """Accuracy, macro-F1 and per-class recall/precision/F1 (optionally averaging the
     prediction of the image and its horizontal mirror: test-time augmentation)."""
-    probabilities = network.predict(x, batch_size=256, verbose=0)
+    return classification_metrics(y, probabilities(network, x, flip).argmax(axis=1), classes)
+
+
+def probabilities(network: keras.Model, x: np.ndarray, flip: bool = False) -> np.ndarray:
+    """The network's class probabilities for faces `x` [N, 48, 48, 1]; with `flip`, the
+    mean of those for each face and its mirror image."""
+    predicted = network.predict(x, batch_size=256, verbose=0)
     if flip:
-        probabilities = (probabilities + network.predict(x[:, :, ::-1], batch_size=256, verbose=0)) / 2
-    return classification_metrics(y, probabilities.argmax(axis=1), classes)
+        predicted = (predicted + network.predict(x[:, :, ::-1], batch_size=256, verbose=0)) / 2
+    return predicted
 
 
 def soft_targets(labels: np.ndarray, teacher_probabilities: np.ndarray, weight: float,
@@ -136,6 +144,7 @@ class Teacher:
     weights: str
     weight: float = 0.7
     temperature: float = 2.0
+    flip: bool = False  # the teacher's probabilities averaged over each face and its mirror
 
 
 def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
@@ -170,7 +179,7 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
     if teacher:
         teacher_network = model_lib.build(teacher.model, len(classes))
         teacher_network.load_weights(teacher.weights)
-        targets = soft_targets(y[~held_out], teacher_network.predict(x[~held_out], batch_size=256, verbose=0),
+        targets = soft_targets(y[~held_out], probabilities(teacher_network, x[~held_out], teacher.flip),
                                teacher.weight, teacher.temperature)
     started, epochs = time.time(), _EpochCounter()
     train = _Shuffled(x[~held_out], targets, config.batch_size, config.seed, example_weights)
@@ -294,6 +303,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--distill-weight", type=float, default=0.7,
                         help="share of the teacher's soft targets in the training targets")
     parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--teacher-flip", action="store_true",
+                        help="the teacher's probabilities averaged over each face and its mirror image")
     parser.add_argument("--max-minutes", type=float, default=0.0,
                         help="stop cleanly (best weights kept and saved) after this many minutes "
                              "of training; SIGTERM does the same")
@@ -310,7 +321,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             warm_start=args.warm_start)
         if bool(args.teacher_model) != bool(args.teacher_weights):
             raise ValueError("--teacher-model and --teacher-weights go together")
-        teacher = (Teacher(args.teacher_model, args.teacher_weights, args.distill_weight, args.temperature)
+        teacher = (Teacher(args.teacher_model, args.teacher_weights, args.distill_weight, args.temperature,
+                           args.teacher_flip)
                    if args.teacher_model else None)
         trained_classes = (features.validate_classes(args.warm_start_classes.split(","))
                            if args.warm_start_classes else ())
