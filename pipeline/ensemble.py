@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pipeline.scoring import probability_metrics as _scored
+from pipeline.scoring import probability_metrics
 from pipeline.ship import publictest_probabilities, served_predictor
 
 
@@ -44,12 +44,12 @@ def evaluate(model_dirs: Sequence[str], data: str, per_class: int = 0) -> Dict:
         name = os.path.basename(os.path.normpath(model_dir))
         if name in report["models"]:
             name = f"{name}#{len(report['models']) + 1}"
-        report["models"][name] = {"path": model_dir, "single": _scored(y, p, names),
-                                  "flip_tta": _scored(y, flipped[-1], names)}
+        report["models"][name] = {"path": model_dir, "single": probability_metrics(y, p, names),
+                                  "flip_tta": probability_metrics(y, flipped[-1], names)}
     report["classes"] = classes
     if len(model_dirs) > 1:
-        report["ensemble"] = _scored(truth, np.mean(plain, axis=0), classes)
-        report["ensemble_flip_tta"] = _scored(truth, np.mean(flipped, axis=0), classes)
+        report["ensemble"] = probability_metrics(truth, np.mean(plain, axis=0), classes)
+        report["ensemble_flip_tta"] = probability_metrics(truth, np.mean(flipped, axis=0), classes)
     return report
 
 
