@@ -267,15 +267,22 @@ print(json.dumps({"backend": keras.backend.backend()}))
 
 def test_standalone_trainer_on_jax_and_the_pipeline_warm_started_from_its_weights(fer2013_root, tmp_path):
     out = tmp_path / "gpu"
+    teacher = str(tmp_path / "teacher.weights.h5")   # distilled from, as a compact model is
+    model_lib.build("compact", len(SUBSET)).save_weights(teacher)
     done = subprocess.run(
         [sys.executable, "-c", STANDALONE, "--data", str(fer2013_root), "--output", str(out),
-         "--model", "dcnn", "--classes", ",".join(SUBSET), "--epochs", "1", "--per-class", "30"],
+         "--model", "dcnn", "--classes", ",".join(SUBSET), "--epochs", "1", "--per-class", "30",
+         "--teacher-model", "compact", "--teacher-weights", teacher, "--teacher-flip"],
         capture_output=True, text=True, timeout=900, env=dict(os.environ, KERAS_BACKEND="jax"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"backend": "jax"}  # and no TensorFlow
     result = json.loads((out / standalone.RESULT_JSON).read_text())
     assert (result["backend"], result["classes"], result["epochs_run"]) == ("jax", list(SUBSET), 1)
     assert result["test"]["examples"] == 90 and 0.0 <= result["test"]["accuracy"] <= 1.0
+    assert result["teacher"] == {"model": "compact", "weights": teacher, "weight": 0.7,
+                                 "temperature": 2.0, "flip": True}
+    assert result["invocation_epochs"] == 1 and result["training_seconds"] == pytest.approx(
+        result["history"][recipe.EPOCH_SECONDS][0], abs=0.1)
     assert (out / recipe.CURVES_PNG).is_file()
 
     # The pipeline exports those weights (0 epochs: nothing retrained) with its own signatures.
@@ -379,6 +386,12 @@ def test_distillation_targets_mix_labels_with_the_softened_teacher():
     assert softer[0, 0] < 0.8 and softer.sum() == pytest.approx(1.0)   # a higher temperature flattens
 
 
+def test_training_seconds_are_unknown_when_an_epoch_lacks_its_time():
+    assert recipe.training_seconds({"loss": [1.0, 0.9], recipe.EPOCH_SECONDS: [3.0, 4.5]}) == 7.5
+    assert recipe.training_seconds({"loss": [1.0, 0.9], recipe.EPOCH_SECONDS: [float("nan"), 4.5]}) is None
+    assert recipe.training_seconds({"loss": [1.0, 0.9]}) is None
+
+
 def test_flip_averaged_probabilities_are_the_mean_over_each_face_and_its_mirror():
     network = model_lib.build("compact", 3)
     faces = np.random.default_rng(1).random((4, 48, 48, 1), dtype=np.float32)
@@ -409,6 +422,10 @@ def test_a_spent_time_budget_stops_training_cleanly_with_the_best_weights(tmp_pa
     history = recipe.fit(network, network, tf.data.Dataset.from_tensor_slices((x, y)).batch(8), (x, y),
                          config, str(tmp_path), extra_callbacks=[recipe.StopWhenAsked()])
     assert len(history["loss"]) > 2   # ran to its end (early stopping or 50): finished, backup gone
+    # Every epoch's time is kept, the resumed fits' included, and they add up to the training's.
+    assert len(history[recipe.EPOCH_SECONDS]) == len(history["loss"])
+    assert all(s > 0 for s in history[recipe.EPOCH_SECONDS])
+    assert recipe.training_seconds(history) == pytest.approx(sum(history[recipe.EPOCH_SECONDS]), abs=0.1)
     [run_dir] = [d for d in (tmp_path / "checkpoints").iterdir() if d.is_dir()]
     assert (run_dir / "train.done.weights.h5").is_file() and not (run_dir / "train.backup").exists()
 

@@ -18,6 +18,8 @@ TFX Trainer (TensorFlow backend) and in the standalone trainer (JAX backend).
 - Two-phase fine-tuning of transfer models built on ImageNet weights: the head on the
   frozen base, then the top block unfrozen at a lower learning rate. A finished phase
   leaves `<phase>.done.weights.h5` and is not repeated on resume.
+- Time: each epoch's wall-clock seconds are logged with its metrics (`epoch_seconds`), so
+  the time a training took is known across resumptions too.
 - Curves: accuracy and loss versus epoch as a PNG.
 """
 import contextlib
@@ -27,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import keras
@@ -38,6 +41,7 @@ from pipeline.config import TrainingConfig
 logger = logging.getLogger(__name__)
 
 HISTORY_CSV = "history.csv"
+EPOCH_SECONDS = "epoch_seconds"
 CURVES_PNG = "curves.png"
 _CONFIG_JSON = "config.json"
 # How long to train, not how: they decide when a training stops, not what its epochs do,
@@ -115,6 +119,27 @@ class RandomnessByEpoch(keras.callbacks.Callback):
                 variable.assign(np.array([seed, position], dtype=variable.dtype))
 
 
+class EpochSeconds(keras.callbacks.Callback):
+    """Adds `epoch_seconds` (wall-clock, validation included) to each epoch's logs, which
+    the history CSV then keeps beside its metrics."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs[EPOCH_SECONDS] = round(time.monotonic() - self._started, 2)
+
+
+def training_seconds(history: Dict[str, List[float]]) -> Optional[float]:
+    """The summed `epoch_seconds` of every epoch in `history` (resumed fits' included), or
+    None when an epoch lacks them (logged before they were recorded)."""
+    seconds = history.get(EPOCH_SECONDS, [])
+    if not seconds or len(seconds) != len(history.get("loss", [])) or np.isnan(seconds).any():
+        return None
+    return round(float(np.sum(seconds)), 1)
+
+
 def backup_dir(checkpoint_dir: str, phase: str) -> str:
     return os.path.join(checkpoint_dir, f"{phase}.backup")
 
@@ -137,6 +162,7 @@ def callbacks(config: TrainingConfig, log_dir: str, checkpoint_dir: str,
               phase: str) -> List[keras.callbacks.Callback]:
     return [
         RandomnessByEpoch(),
+        EpochSeconds(),   # before the CSV logger, which writes what the logs hold
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
                                       patience=config.early_stopping_patience,
                                       restore_best_weights=True, verbose=1),
