@@ -238,6 +238,30 @@ def test_oversampling_draws_every_class_equally_often():
     assert np.all(np.abs(np.bincount(drawn, minlength=3) / 400 - 1 / 3) < 0.08)
 
 
+@pytest.mark.parametrize("imbalance", ["none", "oversample"])
+def test_each_epochs_training_order_follows_from_the_seed_and_the_epoch_number(imbalance):
+    labels = np.array([0] * 30 + [1] * 10 + [2] * 20)
+    examples = tf.data.Dataset.from_tensor_slices({features.CLASS_ID_KEY: labels, "index": np.arange(60)})
+    counts = data.class_counts(examples, 3)
+
+    def run(first, last):   # as a fresh process would: a new dataset and epoch counter
+        number = data.EpochNumber()
+        ordered = data.training_order(examples, counts, 7, imbalance, number.variable)
+        orders = []
+        for epoch in range(first, last):
+            number.on_epoch_begin(epoch)
+            orders.append([int(e["index"]) for e in ordered])
+        return orders
+
+    straight = run(0, 4)
+    assert run(2, 4) == straight[2:]   # resumed at epoch 3: the orders an uninterrupted run drew
+    assert len({tuple(order) for order in straight}) == 4   # a new order every epoch
+    if imbalance == "none":
+        assert all(sorted(order) == list(range(60)) for order in straight)
+    else:
+        assert all(len(order) == 60 for order in straight)
+
+
 def test_spans_newest_is_ingested_and_the_one_before_is_the_baseline(tmp_path):
     for n in (1, 2, 10):
         make_span(tmp_path / f"span-{n}", 0, 1, eval_per_class=1)

@@ -120,14 +120,17 @@ MIRRORED_SCRIPT = """
 import json, numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from components.trainer import model as model_lib, training
+from components.trainer import data, model as model_lib, training
 strategy = training.distribution_strategy([d.name for d in tf.config.list_logical_devices("CPU")])
 with strategy.scope():
     network = model_lib.build("dcnn", 3)
     model = model_lib.compile_model(model_lib.with_augmentation(network), 1e-3)
 x = np.random.default_rng(0).random((16, 48, 48, 1)).astype("float32")
 y = np.eye(3, dtype="float32")[np.arange(16) % 3]
-history = model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=1, verbose=0)
+epoch = data.EpochNumber()   # the Trainer's input: its order drawn from the epoch number
+train = data.training_order(tf.data.Dataset.from_tensor_slices((x, y)), None, 42, "none", epoch.variable)
+history = model.fit(train.batch(8), epochs=2, verbose=0, callbacks=[epoch])
+assert int(epoch.variable.numpy()) == 1
 print(json.dumps({"replicas": strategy.num_replicas_in_sync, "kind": type(strategy).__name__,
                   "loss": history.history["loss"][0]}))
 """

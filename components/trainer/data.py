@@ -8,9 +8,15 @@ used for training decisions inside the Trainer: it is the Evaluator's.
 Class imbalance: the class counts of the training examples (the carve-out
 excluded) are measured in one pass; the trainer then weights the loss by
 `class_weights` or draws every class equally often (`oversample`).
-"""
-from typing import List, Tuple
 
+Order: given an `EpochNumber` (a callback), each epoch's order of the training examples
+is drawn from the seed and the epoch number alone, so a training resumed at epoch k
+from its checkpoint sees the order an uninterrupted one would have had at epoch k, not
+the first epochs' orders again.
+"""
+from typing import List, Optional, Tuple
+
+import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -18,6 +24,19 @@ import tensorflow_transform as tft
 from pipeline import features
 
 _BUCKETS = 1000
+_SEEDS_PER_EPOCH = 1_000_003   # a prime: (seed, epoch) pairs give distinct shuffle seeds
+
+
+class EpochNumber(keras.callbacks.Callback):
+    """Holds the number of the epoch under way (Keras counts it across a resumption) in
+    the variable that `make_datasets(..., epoch=)` draws each epoch's order from."""
+
+    def __init__(self):
+        super().__init__()
+        self.variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_epoch")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.variable.assign(epoch)
 
 
 def is_validation(image_ids: tf.Tensor, validation_fraction: float) -> tf.Tensor:
@@ -41,7 +60,7 @@ def class_counts(examples: tf.data.Dataset, num_classes: int) -> np.ndarray:
     ).reduce(tf.zeros([num_classes], tf.int64), lambda total, x: total + x).numpy()
 
 
-def _oversampled(examples: tf.data.Dataset, counts: np.ndarray, seed: int) -> tf.data.Dataset:
+def _oversampled(examples: tf.data.Dataset, counts: np.ndarray, seed) -> tf.data.Dataset:
     """Every present class drawn equally often; an epoch has as many examples as the data."""
     present = [c for c, n in enumerate(counts) if n > 0]
     if not present:
@@ -54,12 +73,32 @@ def _oversampled(examples: tf.data.Dataset, counts: np.ndarray, seed: int) -> tf
         streams, weights=[1.0 / len(present)] * len(present), seed=seed).take(int(counts.sum()))
 
 
+def training_order(examples: tf.data.Dataset, counts: np.ndarray, seed: int, imbalance: str,
+                   epoch: Optional[tf.Variable] = None) -> tf.data.Dataset:
+    """The training examples shuffled (imbalance='oversample': every class drawn equally
+    often) in a new order each epoch: drawn from `seed` and the value of `epoch` when an
+    epoch starts iterating, or, without `epoch`, from tf.data's reshuffling, which starts
+    from the seed again in every new process."""
+    def ordered(seed):
+        if imbalance == "oversample":
+            return _oversampled(examples, counts, seed)
+        return examples.shuffle(20000, seed=seed, reshuffle_each_iteration=epoch is None)
+
+    if epoch is None:
+        return ordered(seed)
+    # The function runs, and reads the variable, each time an iterator is made: once an epoch.
+    return tf.data.Dataset.from_tensors(0).flat_map(
+        lambda _: ordered(tf.constant(seed, tf.int64) * _SEEDS_PER_EPOCH + epoch))
+
+
 def make_datasets(file_pattern: List[str], tf_transform_output: tft.TFTransformOutput,
                   num_classes: int, batch_size: int, validation_fraction: float,
-                  seed: int = 42, imbalance: str = "none"
+                  seed: int = 42, imbalance: str = "none", epoch: Optional[tf.Variable] = None
                   ) -> Tuple[tf.data.Dataset, tf.data.Dataset, np.ndarray]:
     """(train, validation, train class counts): datasets of (pixels [B,48,48,1], one-hot
-    labels [B,C]). imbalance='oversample' draws every class of train equally often."""
+    labels [B,C]). imbalance='oversample' draws every class of train equally often;
+    `epoch` (`EpochNumber().variable`, updated by that callback during the fit): see
+    `training_order`."""
     parsed = _parsed(file_pattern, tf_transform_output).cache()
 
     def to_xy(example):
@@ -71,10 +110,7 @@ def make_datasets(file_pattern: List[str], tf_transform_output: tft.TFTransformO
 
     train_examples = parsed.filter(lambda e: tf.logical_not(held_out(e)))
     counts = class_counts(train_examples, num_classes)
-    if imbalance == "oversample":
-        train_examples = _oversampled(train_examples, counts, seed)
-    else:
-        train_examples = train_examples.shuffle(20000, seed=seed, reshuffle_each_iteration=True)
+    train_examples = training_order(train_examples, counts, seed, imbalance, epoch)
     train = train_examples.map(to_xy).batch(batch_size).prefetch(tf.data.AUTOTUNE)
     validation = parsed.filter(held_out).map(to_xy).batch(256).prefetch(tf.data.AUTOTUNE)
     return train, validation, counts

@@ -28,10 +28,11 @@ def run_fn(fn_args: FnArgs) -> None:
     keras.utils.set_random_seed(config.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     strategy = training.distribution_strategy()
+    epoch = data.EpochNumber()   # each epoch's data order from the seed and its number
     train_ds, validation_ds, counts = data.make_datasets(
         fn_args.train_files, tf_transform_output, len(config.classes),
         config.batch_size * strategy.num_replicas_in_sync, config.validation_fraction, config.seed,
-        imbalance=config.imbalance)
+        imbalance=config.imbalance, epoch=epoch.variable)
     class_weight = recipe.class_weight_for(config, counts)
     logging.info("Training class counts %s; imbalance=%s; class weights %s",
                  dict(zip(config.classes, counts.tolist())), config.imbalance, class_weight)
@@ -44,7 +45,8 @@ def run_fn(fn_args: FnArgs) -> None:
     if config.epochs > 0:
         history = recipe.fit(model, network, train_ds, validation_ds, config, fn_args.model_run_dir,
                              checkpoint_dir=config.checkpoint_dir, class_weight=class_weight,
-                             scope=strategy.scope, data_id=",".join(sorted(fn_args.train_files)))
+                             scope=strategy.scope, data_id=",".join(sorted(fn_args.train_files)),
+                             extra_callbacks=[epoch])
         recipe.write_curves(history, os.path.join(fn_args.model_run_dir, recipe.CURVES_PNG),
                             f"{config.model}, {len(config.classes)} classes")
     if config.prior_correction > 0 and config.imbalance != "none":
