@@ -42,14 +42,15 @@ def validation_images(data: str, classes: Sequence[str],
 
 
 def applied(model_dir: str, classes: Sequence[str]):
-    """(strength, log-bias per class) of the prior correction the model was exported
-    with; (0.0, zeros) without one."""
+    """(strength, log-bias per class, training count per class) of the prior correction
+    the model was exported with; (0.0, zeros, None) without one."""
     from components.trainer.export import read_prior_correction
 
     recorded = read_prior_correction(model_dir)
     if not recorded:
-        return 0.0, np.zeros(len(classes), np.float32)
-    return float(recorded["strength"]), np.asarray([recorded["log_bias"][c] for c in classes], np.float32)
+        return 0.0, np.zeros(len(classes), np.float32), None
+    return (float(recorded["strength"]), np.asarray([recorded["log_bias"][c] for c in classes], np.float32),
+            [int(recorded["train_counts"][c]) for c in classes])
 
 
 def corrected(probabilities: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -67,8 +68,12 @@ def scan(model_dir: str, data: str, strengths: Sequence[float] = STRENGTHS, per_
     model_dir = resolve_model_dir(model_dir)
     predictor = served_predictor(model_dir)
     classes = predictor[1]
-    strength_applied, bias_applied = applied(model_dir, classes)
+    strength_applied, bias_applied, exported_counts = applied(model_dir, classes)
     held_out, counts = validation_images(data, classes)
+    # The counts the export used (the Trainer's carve-out, which differs from the
+    # standalone trainer's by a few faces per class) where it recorded them, so the
+    # exported strength scores exactly the served decisions.
+    counts = exported_counts or counts
     splits = {"validation": image_probabilities(predictor, held_out, per_class=per_class),
               "publictest": publictest_probabilities(predictor, data, per_class=per_class)}
     splits = {k: (y, corrected(p, -bias_applied)) for k, (y, p) in splits.items()}
