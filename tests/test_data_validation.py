@@ -253,6 +253,8 @@ def test_each_epochs_training_order_follows_from_the_seed_and_the_epoch_number(i
             orders.append([int(e["index"]) for e in ordered])
         return orders
 
+    assert int(data.training_order(examples, counts, 7, imbalance, data.EpochNumber().variable)
+               .cardinality()) == 60   # known to Keras, for the epoch's length
     straight = run(0, 4)
     assert run(2, 4) == straight[2:]   # resumed at epoch 3: the orders an uninterrupted run drew
     assert len({tuple(order) for order in straight}) == 4   # a new order every epoch

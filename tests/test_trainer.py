@@ -386,6 +386,18 @@ def test_distillation_targets_mix_labels_with_the_softened_teacher():
     assert softer[0, 0] < 0.8 and softer.sum() == pytest.approx(1.0)   # a higher temperature flattens
 
 
+def test_a_history_written_before_a_metric_was_logged_keeps_its_columns_on_resume(tmp_path):
+    path = tmp_path / f"train.{recipe.HISTORY_CSV}"
+    path.write_text("epoch,accuracy,loss,val_accuracy\n0,0.5,1.2,0.45\n")   # no epoch_seconds
+    logger = recipe.HistoryCSV(str(path), append=True)
+    logger.on_train_begin()
+    logger.on_epoch_end(1, {"accuracy": 0.6, "epoch_seconds": 3.5, "loss": 1.0, "val_accuracy": 0.55})
+    logger.on_train_end()
+    history = recipe.read_history(str(tmp_path), ["train"])
+    assert history["accuracy"] == [0.5, 0.6] and history["val_accuracy"] == [0.45, 0.55]
+    assert recipe.EPOCH_SECONDS not in history and recipe.training_seconds(history) is None
+
+
 def test_training_seconds_are_unknown_when_an_epoch_lacks_its_time():
     assert recipe.training_seconds({"loss": [1.0, 0.9], recipe.EPOCH_SECONDS: [3.0, 4.5]}) == 7.5
     assert recipe.training_seconds({"loss": [1.0, 0.9], recipe.EPOCH_SECONDS: [float("nan"), 4.5]}) is None

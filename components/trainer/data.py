@@ -33,7 +33,8 @@ class EpochNumber(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self.variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_epoch")
+        with tf.device("/CPU:0"):   # read by the input pipeline, which runs on the host
+            self.variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_epoch")
 
     def on_epoch_begin(self, epoch, logs=None):
         self.variable.assign(epoch)
@@ -87,8 +88,11 @@ def training_order(examples: tf.data.Dataset, counts: np.ndarray, seed: int, imb
     if epoch is None:
         return ordered(seed)
     # The function runs, and reads the variable, each time an iterator is made: once an epoch.
-    return tf.data.Dataset.from_tensors(0).flat_map(
+    by_epoch = tf.data.Dataset.from_tensors(0).flat_map(
         lambda _: ordered(tf.constant(seed, tf.int64) * _SEEDS_PER_EPOCH + epoch))
+    # flat_map hides the size, which Keras uses for the epoch's length and progress.
+    size = int(np.sum(counts)) if counts is not None else int(examples.cardinality())
+    return by_epoch.apply(tf.data.experimental.assert_cardinality(size)) if size >= 0 else by_epoch
 
 
 def make_datasets(file_pattern: List[str], tf_transform_output: tft.TFTransformOutput,

@@ -131,6 +131,21 @@ class EpochSeconds(keras.callbacks.Callback):
             logs[EPOCH_SECONDS] = round(time.monotonic() - self._started, 2)
 
 
+class HistoryCSV(keras.callbacks.CSVLogger):
+    """Keras's CSVLogger, appending, except that a fit resumed on a history file an earlier
+    fit began keeps that file's columns (a metric the file lacks, such as `epoch_seconds`
+    in one written before it was logged, is left out rather than shifting every column
+    after it)."""
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if os.path.exists(self.filename):
+            with open(self.filename, newline="") as f:
+                header = next(csv.reader(f, delimiter=self.sep), None)
+            if header and header[0] == "epoch":
+                self.keys = header[1:]
+
+
 def training_seconds(history: Dict[str, List[float]]) -> Optional[float]:
     """The summed `epoch_seconds` of every epoch in `history` (resumed fits' included), or
     None when an epoch lacks them (logged before they were recorded)."""
@@ -170,7 +185,7 @@ def callbacks(config: TrainingConfig, log_dir: str, checkpoint_dir: str,
                                           factor=config.reduce_lr_factor,
                                           patience=config.reduce_lr_patience,
                                           min_lr=1e-6, verbose=1),
-        keras.callbacks.CSVLogger(os.path.join(checkpoint_dir, f"{phase}.{HISTORY_CSV}"), append=True),
+        HistoryCSV(os.path.join(checkpoint_dir, f"{phase}.{HISTORY_CSV}"), append=True),
     ] + ([keras.callbacks.TensorBoard(log_dir=os.path.join(log_dir, "tensorboard", phase))]
          # Keras writes TensorBoard logs with tf.summary: on the TensorFlow backend only
          # (history.csv and the curves cover the JAX backend).
@@ -237,7 +252,8 @@ def read_history(checkpoint_dir: str, phase_names: Sequence[str]) -> Dict[str, L
         for epoch in sorted(rows):
             history["phase"].append(name)
             for key, value in rows[epoch].items():
-                history.setdefault(key, []).append(float(value) if value not in ("", None) else float("nan"))
+                history.setdefault(key, []).append(float(value) if value not in ("", "NA", None)
+                                                   else float("nan"))
     return history
 
 
