@@ -43,14 +43,17 @@ def validation_images(data: str, classes: Sequence[str],
 
 def applied(model_dir: str, classes: Sequence[str]):
     """(strength, log-bias per class, training count per class) of the prior correction
-    the model was exported with; (0.0, zeros, None) without one."""
+    the model was exported with, the bias derived from the recorded strength and counts
+    by the export's own rule (the recorded `log_bias` is rounded for people); (0.0,
+    zeros, None) without one."""
     from components.trainer.export import read_prior_correction
+    from components.trainer.recipe import prior_log_bias
 
     recorded = read_prior_correction(model_dir)
     if not recorded:
         return 0.0, np.zeros(len(classes), np.float32), None
-    return (float(recorded["strength"]), np.asarray([recorded["log_bias"][c] for c in classes], np.float32),
-            [int(recorded["train_counts"][c]) for c in classes])
+    strength, counts = float(recorded["strength"]), [int(recorded["train_counts"][c]) for c in classes]
+    return strength, prior_log_bias(counts, strength), counts
 
 
 def corrected(probabilities: np.ndarray, bias: np.ndarray) -> np.ndarray:

@@ -91,8 +91,7 @@ def training_order(examples: tf.data.Dataset, counts: np.ndarray, seed: int, imb
     by_epoch = tf.data.Dataset.from_tensors(0).flat_map(
         lambda _: ordered(tf.constant(seed, tf.int64) * _SEEDS_PER_EPOCH + epoch))
     # flat_map hides the size, which Keras uses for the epoch's length and progress.
-    size = int(np.sum(counts)) if counts is not None else int(examples.cardinality())
-    return by_epoch.apply(tf.data.experimental.assert_cardinality(size)) if size >= 0 else by_epoch
+    return by_epoch.apply(tf.data.experimental.assert_cardinality(int(np.sum(counts))))
 
 
 def make_datasets(file_pattern: List[str], tf_transform_output: tft.TFTransformOutput,

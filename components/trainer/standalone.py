@@ -190,7 +190,12 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
         extra_callbacks=[ShuffleEachEpoch(train), recipe.StopWhenAsked(max_minutes), epochs],
         data_id=f"{os.path.abspath(data)} per_class={per_class} teacher={teacher}"
                 + (f" warm_start_classes={list(warm_start_classes)}" if warm_start_classes else ""))
-    seconds, total_seconds = time.time() - started, recipe.training_seconds(history)
+    seconds = time.time() - started
+    # Every epoch's time, those of earlier invocations a resumed run continues included;
+    # this invocation's fit alone when the history lacks epoch times.
+    total_seconds = recipe.training_seconds(history)
+    timed_epochs = len(history["loss"]) if total_seconds else max(epochs.count, 1)
+    total_seconds = total_seconds or round(seconds, 1)
     weights = os.path.join(output, f"{config.model}.weights.h5")
     network.save_weights(weights)
     recipe.write_curves(history, os.path.join(output, recipe.CURVES_PNG),
@@ -201,13 +206,9 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
         "flops_per_image": int(model_lib.flops_per_image(network)),
         "train_examples": int((~held_out).sum()), "validation_examples": int(held_out.sum()),
         "train_class_counts": dict(zip(classes, counts.tolist())),
-        "epochs_run": len(history.get("loss", [])),
-        # Every epoch's, those of earlier invocations a resumed run continues included
-        # (this invocation's fit alone when the history lacks epoch times).
-        "training_seconds": total_seconds or round(seconds, 1),
+        "epochs_run": len(history.get("loss", [])), "training_seconds": total_seconds,
         "invocation_seconds": round(seconds, 1), "invocation_epochs": epochs.count,
-        "seconds_per_epoch": (round(total_seconds / len(history["loss"]), 1) if total_seconds
-                              else round(seconds / max(epochs.count, 1), 1)),
+        "seconds_per_epoch": round(total_seconds / timed_epochs, 1),
         "best_validation_accuracy": max(history["val_accuracy"]) if history.get("val_accuracy") else None,
         "test": evaluate(network, x_test, y_test, classes),
         "test_flip_tta": evaluate(network, x_test, y_test, classes, flip=True),
