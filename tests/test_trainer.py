@@ -80,15 +80,26 @@ def test_vgg16_on_imagenet_weights_trains_its_head_then_fine_tunes_its_top_block
     network = model_lib.build("vgg16", 3, pretrained=weights)
     base = model_lib.fine_tuning(network)[0]
     bottom, top = base.get_layer("block1_conv1"), base.get_layer("block5_conv3")
-    epochs = _EpochLog()
+    epochs, drawn = _EpochLog(), _DrawLog()
     history = recipe.fit(network, network, data, (x[::4], y[::4]), config, str(tmp_path / "run"),
-                         checkpoint_dir=config.checkpoint_dir, extra_callbacks=[epochs])
-    # The frozen phase resumed at its second epoch; fine-tuning then ran all of its own.
+                         checkpoint_dir=config.checkpoint_dir, extra_callbacks=[epochs, drawn])
+    # The frozen phase resumed at its second epoch; fine-tuning then ran all of its own,
+    # its data orders and random draws going on from the frozen phase's (not repeating them).
     assert epochs.began == [1, 0, 1]
+    assert drawn.began == [1, 2, 3]
     assert history["phase"] == ["frozen", "frozen", "fine_tune", "fine_tune"]
     np.testing.assert_array_equal(bottom.get_weights()[0], before[0])      # never unfrozen
     assert not np.allclose(top.get_weights()[0], before[1])                # fine-tuned
     assert float(network.optimizer.learning_rate) == pytest.approx(1e-4)  # the phase-2 rate
+
+
+class _DrawLog(recipe.ByEpoch):
+    def __init__(self):
+        super().__init__()
+        self.began = []
+
+    def begin(self, epoch):
+        self.began.append(epoch)
 
 
 class _EpochLog(keras.callbacks.Callback):

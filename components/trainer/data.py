@@ -16,27 +16,28 @@ the first epochs' orders again.
 """
 from typing import List, Optional, Tuple
 
-import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from components.trainer import recipe
 from pipeline import features
 
 _BUCKETS = 1000
 _SEEDS_PER_EPOCH = 1_000_003   # a prime: (seed, epoch) pairs give distinct shuffle seeds
 
 
-class EpochNumber(keras.callbacks.Callback):
-    """Holds the number of the epoch under way (Keras counts it across a resumption) in
-    the variable that `make_datasets(..., epoch=)` draws each epoch's order from."""
+class EpochNumber(recipe.ByEpoch):
+    """Holds the number of the epoch under way (Keras counts it across a resumption,
+    `recipe.fit` across the phases of a fine-tuning) in the variable that
+    `make_datasets(..., epoch=)` draws each epoch's order from."""
 
     def __init__(self):
         super().__init__()
         with tf.device("/CPU:0"):   # read by the input pipeline, which runs on the host
             self.variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_epoch")
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def begin(self, epoch: int) -> None:
         self.variable.assign(epoch)
 
 

@@ -15,6 +15,8 @@ TFX Trainer (TensorFlow backend) and in the standalone trainer (JAX backend).
   where it stopped.
 - Random streams (augmentation, dropout) set from the seed and the epoch at each epoch's
   start (`RandomnessByEpoch`), so a resumed training does not replay its first epochs.
+  Epochs are counted over all phases (`ByEpoch`), so fine-tuning does not replay the
+  first phase's either.
 - Two-phase fine-tuning of transfer models built on ImageNet weights: the head on the
   frozen base, then the top block unfrozen at a lower learning rate. A finished phase
   leaves `<phase>.done.weights.h5` and is not repeated on resume.
@@ -99,7 +101,23 @@ _DRAWS_PER_EPOCH = 1 << 20
 _SEED_STATE = "seed_generator_state"
 
 
-class RandomnessByEpoch(keras.callbacks.Callback):
+class ByEpoch(keras.callbacks.Callback):
+    """A callback that sets something from the number of the epoch under way (random
+    streams, data order), counted over the whole training: `fit` sets `epoch_offset` to
+    the epochs of the phases before the one under way, so the fine-tuning phase of a
+    two-phase training goes on drawing new orders and transforms instead of repeating
+    those of the first phase (Keras counts each fit's epochs from 0)."""
+
+    epoch_offset = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.begin(epoch + self.epoch_offset)
+
+    def begin(self, epoch: int) -> None:
+        raise NotImplementedError
+
+
+class RandomnessByEpoch(ByEpoch):
     """At each epoch's start, moves every random stream of the model (augmentation,
     dropout) to where its seed and the epoch number alone put it.
 
@@ -111,7 +129,7 @@ class RandomnessByEpoch(keras.callbacks.Callback):
     first epoch never drawn before, validation accuracy down and its loss up. With it, a
     resumed training draws what an uninterrupted one would."""
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def begin(self, epoch: int) -> None:
         for variable in self.model.variables:
             if variable.path.split("/")[-1] == _SEED_STATE:
                 seed = keras.ops.convert_to_numpy(variable)[0]
@@ -269,9 +287,11 @@ def fit(model: keras.Model, network: keras.Model, train, validation, config: Tra
     compilation (a distribution strategy's scope)."""
     checkpoint_dir = training_dir(checkpoint_dir or os.path.join(log_dir, "checkpoints"), config, data_id)
     plan = phases(config, network)
+    offset = 0   # the epochs of the phases before this one
     for phase in plan:
         if phase["epochs"] <= 0:
             continue
+        offset, phase_offset = offset + phase["epochs"], offset
         if phase["name"] == "fine_tune":
             base, prefix = model_lib.fine_tuning(network)
             unfrozen = model_lib.unfreeze_top(base, prefix)
@@ -291,9 +311,12 @@ def fit(model: keras.Model, network: keras.Model, train, validation, config: Tra
         # start the next phase's fit there too: each phase starts at its own epoch 0
         # unless its own backup says otherwise.
         model._initial_epoch = None
+        phase_callbacks = callbacks(config, log_dir, checkpoint_dir, phase["name"]) + list(extra_callbacks)
+        for callback in phase_callbacks:
+            if isinstance(callback, ByEpoch):
+                callback.epoch_offset = phase_offset
         model.fit(train, validation_data=validation, epochs=phase["epochs"],
-                  callbacks=callbacks(config, log_dir, checkpoint_dir, phase["name"]) + list(extra_callbacks),
-                  class_weight=class_weight, verbose=2)
+                  callbacks=phase_callbacks, class_weight=class_weight, verbose=2)
         best = best_weights_path(checkpoint_dir, phase["name"])
         if os.path.exists(best):
             model.load_weights(best)

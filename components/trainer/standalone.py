@@ -270,12 +270,12 @@ class _Shuffled(keras.utils.PyDataset):
         return self.x[chosen], self.y[chosen], self.weights[chosen]
 
 
-class ShuffleEachEpoch(keras.callbacks.Callback):
+class ShuffleEachEpoch(recipe.ByEpoch):
     def __init__(self, data: _Shuffled):
         super().__init__()
         self.data = data
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def begin(self, epoch: int) -> None:
         self.data.shuffle(epoch)
 
 
