@@ -120,7 +120,7 @@ MIRRORED_SCRIPT = """
 import json, numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from components.trainer import data, model as model_lib, training
+from components.trainer import data, model as model_lib, recipe, training
 strategy = training.distribution_strategy([d.name for d in tf.config.list_logical_devices("CPU")])
 with strategy.scope():
     network = model_lib.build("dcnn", 3)
@@ -130,10 +130,16 @@ y = np.eye(3, dtype="float32")[np.arange(16) % 3]
 epoch = data.EpochNumber()   # the Trainer's input: its order drawn from the epoch number
 train = data.training_order(tf.data.Dataset.from_tensor_slices((x, y)), y.sum(axis=0), 42, "none",
                             epoch.variable)
-history = model.fit(train.batch(8), epochs=2, verbose=0, callbacks=[epoch])
+history = model.fit(train.batch(8), epochs=2, verbose=0, callbacks=[epoch, recipe.RandomnessByEpoch()])
 assert int(epoch.variable.numpy()) == 1
+# Each replica's copy of each random stream (augmentation, dropout), after two epochs.
+streams = [[copy.numpy().tolist() for copy in recipe.replica_copies(v)]
+           for v in model.variables if v.path.endswith("seed_generator_state")]
+layer = model.get_layer("augmentation")
+draws = strategy.experimental_local_results(strategy.run(tf.function(lambda: layer.draw(4))))
 print(json.dumps({"replicas": strategy.num_replicas_in_sync, "kind": type(strategy).__name__,
-                  "loss": history.history["loss"][0]}))
+                  "loss": history.history["loss"][0], "streams": streams,
+                  "draws": [d.numpy().tolist() for d in draws]}))
 """
 
 
@@ -147,3 +153,10 @@ def test_mirrored_strategy_trains_on_two_logical_cpu_devices():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert (result["replicas"], result["kind"]) == (2, "MirroredStrategy")
     assert np.isfinite(result["loss"])
+    # The replicas draw their own transforms and dropout masks: the second replica's
+    # streams are the first's with another seed, at the same position.
+    assert result["streams"]
+    for first, second in result["streams"]:
+        assert second[0] - first[0] == 1_000_003 and second[1] == first[1] > 0
+    first, second = np.array(result["draws"])
+    assert first.shape == (4, 5) and not np.allclose(first, second)

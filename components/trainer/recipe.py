@@ -99,6 +99,7 @@ class StopWhenAsked(keras.callbacks.Callback):
 # Random numbers one epoch may draw from one stream before the next epoch's begin.
 _DRAWS_PER_EPOCH = 1 << 20
 _SEED_STATE = "seed_generator_state"
+_REPLICA_SEED_STEP = 1_000_003   # replica k's random streams: the seed plus k times this
 
 
 class ByEpoch(keras.callbacks.Callback):
@@ -127,14 +128,30 @@ class RandomnessByEpoch(ByEpoch):
     the same. The network then trains on faces it has seen in exactly that form: measured
     on the DCNN, train accuracy 7-11 points higher on replayed epochs and 6-7 lower on the
     first epoch never drawn before, validation accuracy down and its loss up. With it, a
-    resumed training draws what an uninterrupted one would."""
+    resumed training draws what an uninterrupted one would.
+
+    Under a TensorFlow distribution strategy (MirroredStrategy: one replica per GPU),
+    each replica holds its own copy of a stream, and copies that agree draw the same
+    transforms and dropout masks for the faces at the same place in every replica's
+    batch. Replica k's copy gets the seed `seed + k * _REPLICA_SEED_STEP`: independent
+    draws per replica, the first replica's those of a single-device training."""
 
     def begin(self, epoch: int) -> None:
         for variable in self.model.variables:
             if variable.path.split("/")[-1] == _SEED_STATE:
-                seed = keras.ops.convert_to_numpy(variable)[0]
+                seed = int(keras.ops.convert_to_numpy(variable)[0])   # the first replica's
                 position = (epoch * _DRAWS_PER_EPOCH) % (1 << 32)   # JAX keeps it in uint32
                 variable.assign(np.array([seed, position], dtype=variable.dtype))
+                for replica, copy in enumerate(replica_copies(variable)[1:], start=1):
+                    copy.assign(np.array([seed + replica * _REPLICA_SEED_STEP, position],
+                                         dtype=variable.dtype))
+
+
+def replica_copies(variable: keras.Variable) -> tuple:
+    """The per-replica copies of a variable mirrored by a TensorFlow distribution
+    strategy, first replica first; () for any other variable (one device, JAX)."""
+    copies = getattr(variable.value, "values", None)
+    return tuple(copies) if isinstance(copies, (tuple, list)) else ()
 
 
 class EpochSeconds(keras.callbacks.Callback):
