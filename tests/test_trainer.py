@@ -494,3 +494,22 @@ def test_the_standalone_trainer_scores_publictest_only_and_counts_privatetest_fi
     assert ids == ["PublicTest_1-happy", "PublicTest_2-happy"] and x.shape == (2, 48, 48, 1)
     assert "1 PrivateTest file(s) kept back" in caplog.text
     assert features.folder_split("train", "PrivateTest_3.jpg") == "train"
+
+
+def test_the_learning_probe_reports_loss_and_held_out_accuracy_per_block_of_steps(fer2013_root, tmp_path):
+    from components.trainer import probe
+    out = tmp_path / "probe.json"
+    assert probe.main(["--data", str(fer2013_root), "--model", "compact", "--learning-rates", "1e-3,1e-4",
+                       "--per-class", "12", "--held-out", "14", "--blocks", "2", "--steps-per-block", "2",
+                       "--batch-size", "8", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["chance_loss"] == 1.9459 and report["per_class"] == 12
+    assert [run["learning_rate"] for run in report["runs"]] == [1e-3, 1e-4]
+    for run in report["runs"]:
+        assert [block["steps"] for block in run["blocks"]] == [2, 4]
+        for block in run["blocks"]:
+            assert 0.5 < block["loss"] < 10 and 1 <= block["distinct_predictions"] <= 7
+            assert any(abs(block["held_out_accuracy"] - k / 14) < 1e-4 for k in range(15))  # of 14 faces
+    with pytest.raises(ValueError, match="need 800 training faces; the subset has 70"):
+        probe.main(["--data", str(fer2013_root), "--model", "compact", "--per-class", "12",
+                    "--held-out", "14", "--blocks", "1", "--steps-per-block", "25", "--batch-size", "32"])

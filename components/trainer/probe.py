@@ -1,0 +1,87 @@
+"""Does a network leave chance at all? A few hundred plain steps (no augmentation) of one
+model at one or more learning rates on a class-balanced subset of train/, with the loss
+and the accuracy on held-out faces of that subset after every block of steps. Minutes on
+CPU instead of the hours a full epoch of a large model from scratch costs there.
+
+    python -m components.trainer.probe --data FER2013 --model vgg16 \
+        --learning-rates 1e-3,1e-4 [--json out.json]
+
+A loss that stays near ln(7) = 1.95 with one or two distinct predictions means the
+network has not started to learn in that many steps (it may still, later).
+"""
+import argparse
+import json
+import math
+import time
+
+from typing import List, Optional
+
+import numpy as np
+
+
+def probe(data: str, model_name: str, learning_rate: float, per_class: int, held_out: int,
+          blocks: int, steps_per_block: int, batch_size: int, seed: int) -> dict:
+    import keras
+
+    from components.trainer import model, standalone
+    from pipeline import features
+
+    x, y, _ = standalone.load_split(data, "train", features.EMOTIONS, per_class=per_class)
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], y[order]
+    x_held, y_held, x, y = x[-held_out:], y[-held_out:], x[:-held_out], y[:-held_out]
+    block = steps_per_block * batch_size
+    if blocks * block > len(x):
+        raise ValueError(f"{blocks} blocks of {block} faces need {blocks * block} training faces; "
+                         f"the subset has {len(x)} (raise --per-class)")
+    keras.utils.set_random_seed(seed)
+    network = model.compile_model(model.build(model_name, len(features.EMOTIONS)), learning_rate)
+    targets = keras.utils.to_categorical(y, len(features.EMOTIONS))
+    rows, start = [], time.time()
+    for b in range(blocks):
+        history = network.fit(x[b * block:(b + 1) * block], targets[b * block:(b + 1) * block],
+                              batch_size=batch_size, epochs=1, verbose=0)
+        predicted = network.predict(x_held, verbose=0).argmax(axis=1)
+        rows.append({"steps": (b + 1) * steps_per_block,
+                     "loss": round(float(history.history["loss"][0]), 4),
+                     "held_out_accuracy": round(float((predicted == y_held).mean()), 4),
+                     "distinct_predictions": int(len(set(predicted.tolist()))),
+                     "seconds": round(time.time() - start, 1)})
+        print(f"{model_name} lr={learning_rate:g} {rows[-1]}", flush=True)
+    return {"learning_rate": learning_rate, "blocks": rows}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="FER2013 folder with train/<emotion>/")
+    parser.add_argument("--model", default="vgg16")
+    parser.add_argument("--learning-rates", default="1e-3,1e-4")
+    parser.add_argument("--per-class", type=int, default=1000)
+    parser.add_argument("--held-out", type=int, default=700)
+    parser.add_argument("--blocks", type=int, default=6)
+    parser.add_argument("--steps-per-block", type=int, default=25)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", help="write the measurements here")
+    args = parser.parse_args(argv)
+    import datetime
+
+    import keras
+
+    from components.trainer import standalone
+
+    runs = [probe(args.data, args.model, float(lr), args.per_class, args.held_out, args.blocks,
+                  args.steps_per_block, args.batch_size, args.seed)
+            for lr in args.learning_rates.split(",")]
+    report = {"model": args.model, "backend": keras.backend.backend(), "optimizer": "nadam",
+              "augmentation": False, "per_class": args.per_class, "held_out": args.held_out,
+              "batch_size": args.batch_size, "chance_loss": round(math.log(7), 4),
+              "machine": standalone.machine(), "date": datetime.date.today().isoformat(), "runs": runs}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
