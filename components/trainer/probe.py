@@ -10,33 +10,43 @@ A loss that stays near ln(7) = 1.95 with one or two distinct predictions means t
 network has not started to learn in that many steps (it may still, later).
 """
 import argparse
+import datetime
 import json
 import math
 import time
+from typing import List, Optional, Tuple
 
-from typing import List, Optional
-
+import keras
 import numpy as np
 
+from components.trainer import model as model_lib, standalone
+from pipeline import config, features
 
-def probe(data: str, model_name: str, learning_rate: float, per_class: int, held_out: int,
-          blocks: int, steps_per_block: int, batch_size: int, seed: int) -> dict:
-    import keras
+NUM_CLASSES = len(features.EMOTIONS)
 
-    from components.trainer import model, standalone
-    from pipeline import features
 
+def balanced_subset(data: str, per_class: int, held_out: int
+                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train x, train y, held-out x, held-out y): the first `per_class` faces of each
+    emotion in train/, shuffled (fixed seed), the last `held_out` of them held out."""
     x, y, _ = standalone.load_split(data, "train", features.EMOTIONS, per_class=per_class)
     order = np.random.default_rng(0).permutation(len(x))
     x, y = x[order], y[order]
-    x_held, y_held, x, y = x[-held_out:], y[-held_out:], x[:-held_out], y[:-held_out]
+    return x[:-held_out], y[:-held_out], x[-held_out:], y[-held_out:]
+
+
+def probe(subset, model_name: str, learning_rate: float, blocks: int, steps_per_block: int,
+          batch_size: int, seed: int) -> dict:
+    """`blocks` x `steps_per_block` steps of a freshly initialised model, each block on new
+    faces, with the held-out faces scored after each."""
+    x, y, x_held, y_held = subset
     block = steps_per_block * batch_size
     if blocks * block > len(x):
         raise ValueError(f"{blocks} blocks of {block} faces need {blocks * block} training faces; "
                          f"the subset has {len(x)} (raise --per-class)")
     keras.utils.set_random_seed(seed)
-    network = model.compile_model(model.build(model_name, len(features.EMOTIONS)), learning_rate)
-    targets = keras.utils.to_categorical(y, len(features.EMOTIONS))
+    network = model_lib.compile_model(model_lib.build(model_name, NUM_CLASSES), learning_rate)
+    targets = keras.utils.to_categorical(y, NUM_CLASSES)
     rows, start = [], time.time()
     for b in range(blocks):
         history = network.fit(x[b * block:(b + 1) * block], targets[b * block:(b + 1) * block],
@@ -54,7 +64,7 @@ def probe(data: str, model_name: str, learning_rate: float, per_class: int, held
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="FER2013 folder with train/<emotion>/")
-    parser.add_argument("--model", default="vgg16")
+    parser.add_argument("--model", default="vgg16", choices=config.MODELS)
     parser.add_argument("--learning-rates", default="1e-3,1e-4")
     parser.add_argument("--per-class", type=int, default=1000)
     parser.add_argument("--held-out", type=int, default=700)
@@ -64,18 +74,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", help="write the measurements here")
     args = parser.parse_args(argv)
-    import datetime
-
-    import keras
-
-    from components.trainer import standalone
-
-    runs = [probe(args.data, args.model, float(lr), args.per_class, args.held_out, args.blocks,
-                  args.steps_per_block, args.batch_size, args.seed)
-            for lr in args.learning_rates.split(",")]
+    subset = balanced_subset(args.data, args.per_class, args.held_out)
+    runs = [probe(subset, args.model, float(lr), args.blocks, args.steps_per_block, args.batch_size,
+                  args.seed) for lr in args.learning_rates.split(",")]
     report = {"model": args.model, "backend": keras.backend.backend(), "optimizer": "nadam",
               "augmentation": False, "per_class": args.per_class, "held_out": args.held_out,
-              "batch_size": args.batch_size, "chance_loss": round(math.log(7), 4),
+              "batch_size": args.batch_size, "chance_loss": round(math.log(NUM_CLASSES), 4),
               "machine": standalone.machine(), "date": datetime.date.today().isoformat(), "runs": runs}
     if args.json:
         with open(args.json, "w") as f:
