@@ -513,3 +513,5 @@ def test_the_learning_probe_reports_loss_and_held_out_accuracy_per_block_of_step
     with pytest.raises(ValueError, match="need 800 training faces; the subset has 70"):
         probe.main(["--data", str(fer2013_root), "--model", "compact", "--per-class", "12",
                     "--held-out", "14", "--blocks", "1", "--steps-per-block", "25", "--batch-size", "32"])
+    with pytest.raises(ValueError, match="--held-out 0: must be at least 1 and under the subset's 84 faces"):
+        probe.main(["--data", str(fer2013_root), "--model", "compact", "--per-class", "12", "--held-out", "0"])
