@@ -11,10 +11,19 @@
 # the DCNN gained 0.8 points on PublicTest over training it on without a teacher, and lost
 # 0.6 on validation: a stronger teacher is what this is for; see RESULTS.md).
 # MAX_MINUTES=N stops each run cleanly after N minutes of training (best weights kept).
+# EXTRA_ARGS="..." is appended to every run's arguments and overrides them (for a short
+# lease, EXTRA_ARGS="--patience 10" halves the learning rate after 5 flat epochs, not 10).
 # Each run writes OUT/<name>/ (weights, result.json, curves.png) and OUT/<name>.log, and
 # resumes from its checkpoints when started again. Then export each through the pipeline:
 #   fer-pipeline run --data DATA --output runs/<name> --model <model> [--classes ...] \
 #       --warm-start OUT/<name>/<model>.weights.h5 --epochs 0
+#
+# First check that the backend initialises, under a time limit (on one H100 lease a call
+# that began with an untimed check printed nothing for ten minutes; see RESULTS.md):
+#   timeout 120 python -c "import jax; print(jax.devices())"
+# Bring weights back at half size with
+#   python -m components.trainer.weights_dtype OUT/<name>/<model>.weights.h5 <name>.fp16.weights.h5
+# (--warm-start reads the float16 file as it is).
 #
 # Measured on an H100 under JAX (keras 3.15, jax 0.11), see RESULTS.md: a DCNN step at batch
 # 64 takes about 3 ms without augmentation; Keras's own flip/rotation/shift/zoom layers
@@ -57,7 +66,7 @@ runs=("$@")
 for run in "${runs[@]}"; do
   # shellcheck disable=SC2046
   python -m components.trainer.standalone --data "$DATA" --output "$OUT/$run" $(args_of "$run") \
-    --max-minutes "${MAX_MINUTES:-0}" \
+    --max-minutes "${MAX_MINUTES:-0}" ${EXTRA_ARGS:-} \
     > "$OUT/$run.log" 2>&1 &
 done
 wait

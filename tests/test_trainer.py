@@ -515,3 +515,25 @@ def test_the_learning_probe_reports_loss_and_held_out_accuracy_per_block_of_step
                     "--held-out", "14", "--blocks", "1", "--steps-per-block", "25", "--batch-size", "32"])
     with pytest.raises(ValueError, match="--held-out 0: must be at least 1 and under the subset's 84 faces"):
         probe.main(["--data", str(fer2013_root), "--model", "compact", "--per-class", "12", "--held-out", "0"])
+
+
+def test_weights_cast_to_float16_halve_the_file_and_load_into_the_float32_network(tmp_path):
+    from components.trainer import weights_dtype
+
+    network = model_lib.build("dcnn", 3)
+    network.save_weights(str(tmp_path / "full.weights.h5"))
+    half, back = tmp_path / "half.weights.h5", tmp_path / "back.weights.h5"
+    assert weights_dtype.cast(str(tmp_path / "full.weights.h5"), str(half), "float16") == \
+        len(network.weights)
+    assert weights_dtype.main([str(half), str(back), "--dtype", "float32"]) == 0
+    assert os.path.getsize(half) < 0.55 * os.path.getsize(tmp_path / "full.weights.h5")
+    faces = np.random.default_rng(1).random((16, 48, 48, 1)).astype("float32")
+    expected = network.predict(faces, verbose=0)
+    for path in (half, back):
+        restored = model_lib.build("dcnn", 3)
+        restored.load_weights(str(path))
+        assert all(w.dtype == "float32" for w in restored.weights)
+        np.testing.assert_allclose(restored.predict(faces, verbose=0), expected, atol=2e-3)
+    (tmp_path / "not.weights.h5").write_text("no")
+    with pytest.raises(ValueError, match="not.weights.h5: not an HDF5 file"):
+        weights_dtype.cast(str(tmp_path / "not.weights.h5"), str(tmp_path / "x.h5"), "float16")
