@@ -537,3 +537,5 @@ def test_weights_cast_to_float16_halve_the_file_and_load_into_the_float32_networ
     (tmp_path / "not.weights.h5").write_text("no")
     with pytest.raises(ValueError, match="not.weights.h5: not an HDF5 file"):
         weights_dtype.cast(str(tmp_path / "not.weights.h5"), str(tmp_path / "x.h5"), "float16")
+    with pytest.raises(ValueError, match="would overwrite its input"):
+        weights_dtype.cast(str(half), str(half), "float32")

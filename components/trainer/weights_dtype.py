@@ -18,6 +18,8 @@ import numpy as np
 def cast(source: str, target: str, dtype: str) -> int:
     """Writes `target`; returns how many arrays were cast."""
     casted = 0
+    if os.path.abspath(source) == os.path.abspath(target):
+        raise ValueError(f"{target}: the output would overwrite its input; name another file")
     if not h5py.is_hdf5(source):
         raise ValueError(f"{source}: not an HDF5 file (expected a Keras .weights.h5)")
     with h5py.File(source, "r") as src, h5py.File(target, "w") as dst:
