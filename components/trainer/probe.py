@@ -39,7 +39,7 @@ def balanced_subset(data: str, per_class: int, held_out: int
 
 
 def probe(subset, model_name: str, learning_rate: float, blocks: int, steps_per_block: int,
-          batch_size: int, seed: int, optimizer: str = "nadam") -> dict:
+          batch_size: int, seed: int, optimizer: str = config.TrainingConfig.optimizer) -> dict:
     """`blocks` x `steps_per_block` steps of a freshly initialised model, each block on new
     faces, with the held-out faces scored after each."""
     x, y, x_held, y_held = subset
@@ -69,7 +69,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--data", required=True, help="FER2013 folder with train/<emotion>/")
     parser.add_argument("--model", default="vgg16", choices=config.MODELS)
     parser.add_argument("--learning-rates", default="1e-3,1e-4")
-    parser.add_argument("--optimizer", default="nadam", choices=config.OPTIMIZERS)
+    parser.add_argument("--optimizer", default=config.TrainingConfig.optimizer, choices=config.OPTIMIZERS)
     parser.add_argument("--per-class", type=int, default=1000)
     parser.add_argument("--held-out", type=int, default=700)
     parser.add_argument("--blocks", type=int, default=6)
