@@ -18,8 +18,9 @@
 #   fer-pipeline run --data DATA --output runs/<name> --model <model> [--classes ...] \
 #       --warm-start OUT/<name>/<model>.weights.h5 --epochs 0
 #
-# First check that the backend initialises, under a time limit (on one H100 lease a call
-# that began with an untimed check printed nothing for ten minutes; see RESULTS.md):
+# First check that the backend initialises, under a time limit (on one H100 lease every
+# call printed nothing until its limit: a setup script had written a `python` wrapper
+# through a symlink over the interpreter; make a wrapper a new file and mv it into place):
 #   timeout 120 python -c "import jax; print(jax.devices())"
 # Bring weights back at half size with
 #   python -m components.trainer.weights_dtype OUT/<name>/<model>.weights.h5 <name>.fp16.weights.h5
