@@ -275,7 +275,8 @@ def _transfer(name: str, input_shape: Tuple[int, int, int], num_classes: int,
     if weights is None:
         logger.warning(
             "%s: no ImageNet weights (none given and %s is not in the Keras cache; there is no "
-            "download here): the whole network trains from random initialisation, in one phase",
+            "download here): the whole network trains in one phase, from random initialisation "
+            "unless warm-started from weights of our own",
             name, spec.weights_file)
     size = spec.image_size
     base = spec.application(include_top=False, weights=weights, input_shape=(size, size, 3),
