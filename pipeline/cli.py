@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
                         "pipeline.config.TrainingConfig); the flags below override it in turn")
     p.add_argument("--optimizer", choices=config.OPTIMIZERS, help="default: nadam")
     p.add_argument("--learning-rate", type=float, help="default: 0.001")
+    p.add_argument("--lr-schedule", choices=config.LR_SCHEDULES,
+                   help="plateau (default): halve the learning rate when validation accuracy "
+                        "stalls; cosine: a half cosine from --learning-rate to 0 over --epochs")
     p.add_argument("--batch-size", type=int, help="per replica; default: 32")
     p.add_argument("--label-smoothing", type=float, help="default: 0")
     p.add_argument("--pretrained-weights", metavar="H5",
@@ -207,8 +210,8 @@ def _training_overrides(args: argparse.Namespace) -> tuple:
         check_training_keys(values)
     except ValueError as e:
         raise ValueError(f"--training-config {args.training_config}: {e}") from None
-    for key in ("optimizer", "learning_rate", "batch_size", "label_smoothing", "pretrained_weights",
-                "checkpoint_dir", "warm_start", "prior_correction"):
+    for key in ("optimizer", "learning_rate", "lr_schedule", "batch_size", "label_smoothing",
+                "pretrained_weights", "checkpoint_dir", "warm_start", "prior_correction"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     for key in ("pretrained_weights", "checkpoint_dir", "warm_start"):

@@ -14,8 +14,11 @@ from pipeline import features
 PROFILES = ("smoke", "full")
 IMBALANCE_STRATEGIES = ("class_weight", "oversample", "none")
 OPTIMIZERS = ("nadam", "adam", "adamw", "sgd", "rmsprop")
+# How the learning rate moves: halved on a validation plateau (the seed's), or a cosine
+# from its starting value to zero over each training phase.
+LR_SCHEDULES = ("plateau", "cosine")
 # The model registry's names (components/trainer/model.py BUILDERS; a test keeps them equal).
-MODELS = ("dcnn", "vggnet", "compact", "vgg16", "resnet50")
+MODELS = ("dcnn", "vggnet", "resnet18", "compact", "vgg16", "resnet50")
 TRANSFER_MODELS = ("vgg16", "resnet50")
 
 
@@ -99,6 +102,10 @@ class TrainingConfig(_DictMixin):
     early_stopping_patience: int = 12
     reduce_lr_patience: int = 6
     reduce_lr_factor: float = 0.5
+    # 'plateau': ReduceLROnPlateau (reduce_lr_patience, reduce_lr_factor); 'cosine': the
+    # learning rate follows a half cosine from learning_rate to 0 over the epochs (one
+    # that ends on a low learning rate however its time budget cuts it).
+    lr_schedule: str = "plateau"
     augment: bool = True
     # Response to class imbalance: 'class_weight' (weights n / (k * n_c) from the
     # class counts of the training data), 'oversample' (every class drawn equally
@@ -156,6 +163,9 @@ class TrainingConfig(_DictMixin):
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.learning_rate <= 0 or not 0 < self.fine_tune_lr_factor <= 1 or self.freeze_epochs < 0:
             raise ValueError("learning_rate must be > 0, fine_tune_lr_factor in (0, 1], freeze_epochs >= 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                             f"got {self.lr_schedule!r}")
         if self.imbalance not in IMBALANCE_STRATEGIES:
             raise ValueError(f"imbalance must be one of {', '.join(IMBALANCE_STRATEGIES)}, "
                              f"got {self.imbalance!r}")

@@ -2,6 +2,7 @@
 on (stand-in) ImageNet weights, checkpoints that resume an interrupted fit, the standalone
 trainer on JAX, warm-starting the pipeline from its weights, and vgg16/resnet50 subset
 runs through the pipeline (with the Tuner)."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ SUBSET = ("happy", "sad", "neutral")
 @pytest.mark.parametrize("name, params_7, params_3, gflops", [
     ("dcnn", 2_395_591, 2_395_075, 0.991),
     ("vggnet", 10_466_375, 10_462_275, 0.948),
+    ("resnet18", 2_810_407, 2_809_379, 0.200),
     ("compact", 58_423, 53_811, 0.0127),
     ("vgg16", 14_847_815, 14_846_787, 1.410),      # 14,714,688 in the no-top VGG16 base
     ("resnet50", 24_114_055, 24_113_027, 0.631),   # 23,587,712 in the no-top ResNet50 base
@@ -197,6 +199,35 @@ def test_a_stopped_fit_given_more_epochs_goes_on_and_ends_with_its_best_epoch_be
     for final, first, second in zip(network.get_weights(), *snapshots.weights):
         np.testing.assert_allclose(final, first)
     assert not np.allclose(snapshots.weights[0][1], snapshots.weights[1][1])  # it did train on
+
+
+def test_the_cosine_schedule_runs_its_curve_once_over_the_epochs_and_a_resumed_fit_continues_it(tmp_path):
+    x, y = np.zeros((8, 4), "float32"), np.eye(2, dtype="float32")[[1] * 8]
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    kept = str(tmp_path / "ckpt")
+
+    def attempt(config, *extra):
+        network = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+        return recipe.fit(network, network, data, (x, y), config, str(tmp_path / "run"),
+                          checkpoint_dir=kept, extra_callbacks=extra)
+
+    config = TrainingConfig(model="compact", classes=["happy", "sad"], epochs=4, learning_rate=0.01,
+                            lr_schedule="cosine", early_stopping_patience=10, imbalance="none")
+    with pytest.raises(KeyboardInterrupt):
+        attempt(config, _Interrupt(after_epoch=1))
+    epochs = _EpochLog()
+    history = attempt(config, epochs)
+    assert epochs.began == [2, 3]
+    # 0.01 * (1 + cos(pi * epoch / 4)) / 2, the resumed epochs included: the curve goes on.
+    np.testing.assert_allclose(history["learning_rate"], [0.01, 0.0085355, 0.005, 0.0014645], rtol=1e-4)
+    # Under the cosine the epoch count shapes every epoch, so 6 epochs are another training
+    # (under the plateau schedule they would continue this one: see the test above).
+    epochs = _EpochLog()
+    attempt(dataclasses.replace(config, epochs=6), epochs)
+    assert epochs.began == list(range(6)) and len(os.listdir(kept)) == 2
+    assert recipe.cosine_learning_rate(0.01, 4, 4) == 0.0
+    with pytest.raises(ValueError, match="lr_schedule must be one of plateau, cosine"):
+        TrainingConfig(lr_schedule="step")
 
 
 class _FirstBatchOfEachEpoch(keras.callbacks.Callback):
@@ -453,7 +484,7 @@ def test_a_spent_time_budget_stops_training_cleanly_with_the_best_weights(tmp_pa
     assert (run_dir / "train.done.weights.h5").is_file() and not (run_dir / "train.backup").exists()
 
 
-@pytest.mark.parametrize("name", ["compact", "dcnn"])
+@pytest.mark.parametrize("name", ["compact", "dcnn", "resnet18"])
 def test_a_subset_model_starts_from_a_seven_class_model_as_its_renormalised_probabilities(name, tmp_path):
     full = model_lib.build(name, 7)
     path = str(tmp_path / "full.weights.h5")

@@ -1,8 +1,8 @@
 """Model builders in pure Keras 3 (keras.layers and keras.ops): they run on TensorFlow inside
 TFX and on JAX on a GPU machine outside it.
 
-Models: `dcnn` (the seed notebook's), `vggnet` (the strong one), `compact` (for
-CPU serving), `vgg16` and `resnet50` (keras.applications transfer models). Every builder takes
+Models: `dcnn` (the seed notebook's), `vggnet` (the strong one), `resnet18` (a
+ResNet-18 layout at half width that trains fast on a CPU), `compact` (for CPU serving), `vgg16` and `resnet50` (keras.applications transfer models). Every builder takes
 `(input_shape, num_classes)` and returns an uncompiled
 `keras.Model` from a [48, 48, 1] float image in [0, 1] to class probabilities:
 the network that is exported for serving. `with_augmentation` wraps it in the
@@ -181,6 +181,39 @@ def build_vggnet(input_shape: Tuple[int, int, int] = INPUT_SHAPE, num_classes: i
     return keras.Model(inputs, outputs, name="vggnet")
 
 
+def build_resnet18(input_shape: Tuple[int, int, int] = INPUT_SHAPE, num_classes: int = 7,
+                   widths: Tuple[int, ...] = (32, 64, 128, 256)) -> keras.Model:
+    """ResNet-18's layout for 48x48 faces: a stem of two 3x3 Conv-BN-ReLU at full resolution,
+    then four stages (24, 12, 6 and 3 pixels) of two basic residual blocks (two 3x3
+    convolutions, BatchNorm, identity shortcut; a 1x1 convolution where the width changes),
+    each stage entered through a 2x2 max-pool, then global average pooling, dropout and
+    softmax. At half ResNet-18's widths: 2.8 M parameters and a fifth of the DCNN's FLOPs,
+    so it trains about 6x faster than the DCNN on a CPU. No strided convolution: a strided
+    1x1 convolution crashes TensorFlow 2.16's oneDNN CPU kernels in training (see
+    `build_compact`)."""
+    def conv_bn(x, filters, kernel, name):
+        x = layers.Conv2D(filters, kernel, padding="same", use_bias=False,
+                          kernel_initializer="he_normal", name=name)(x)
+        return layers.BatchNormalization(name=f"{name}_bn")(x)
+
+    inputs = keras.Input(shape=input_shape, name=features.PIXELS_KEY)
+    x = inputs
+    for i in (1, 2):
+        x = layers.Activation("relu", name=f"stem_conv{i}_relu")(conv_bn(x, widths[0], 3, f"stem_conv{i}"))
+    for stage, filters in enumerate(widths, start=1):
+        x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
+        for block in (1, 2):
+            name = f"stage{stage}_block{block}"
+            shortcut = x if x.shape[-1] == filters else conv_bn(x, filters, 1, f"{name}_shortcut")
+            y = layers.Activation("relu", name=f"{name}_conv1_relu")(conv_bn(x, filters, 3, f"{name}_conv1"))
+            y = conv_bn(y, filters, 3, f"{name}_conv2")
+            x = layers.Activation("relu", name=f"{name}_relu")(layers.Add(name=f"{name}_add")([y, shortcut]))
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(0.4, name="dropout_1")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="out_layer")(x)
+    return keras.Model(inputs, outputs, name="resnet18")
+
+
 def build_compact(input_shape: Tuple[int, int, int] = INPUT_SHAPE, num_classes: int = 7,
                   widths: Tuple[int, ...] = (16, 32, 64, 128)) -> keras.Model:
     """The compact model for CPU serving, after mini-Xception (Arriaga et al., 2017): a
@@ -337,7 +370,7 @@ def unfreeze_top(base: keras.Model, prefix: str) -> int:
 
 
 BUILDERS: Dict[str, Callable[..., keras.Model]] = {
-    "dcnn": build_dcnn, "vggnet": build_vggnet, "compact": build_compact,
+    "dcnn": build_dcnn, "vggnet": build_vggnet, "resnet18": build_resnet18, "compact": build_compact,
     "vgg16": build_vgg16, "resnet50": build_resnet50}
 
 

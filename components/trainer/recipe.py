@@ -26,9 +26,11 @@ TFX Trainer (TensorFlow backend) and in the standalone trainer (JAX backend).
 """
 import contextlib
 import csv
+import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -208,18 +210,34 @@ def _best_so_far(checkpoint_dir: str, phase: str) -> Optional[float]:
     return max(scores)
 
 
-def callbacks(config: TrainingConfig, log_dir: str, checkpoint_dir: str,
-              phase: str) -> List[keras.callbacks.Callback]:
+def cosine_learning_rate(learning_rate: float, epochs: int, epoch: int) -> float:
+    """A half cosine from `learning_rate` at epoch 0 towards 0 at epoch `epochs` (never
+    reached: the last epoch trains at learning_rate * (1 - cos(pi / epochs)) / 2)."""
+    return 0.5 * learning_rate * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
+
+
+def learning_rate_schedule(config: TrainingConfig, learning_rate: float,
+                           epochs: int) -> keras.callbacks.Callback:
+    """What moves the learning rate of a phase that starts at `learning_rate` and lasts
+    `epochs`: ReduceLROnPlateau on validation accuracy, or the cosine (by the epoch number
+    Keras passes, so a fit resumed from its backup continues the curve)."""
+    if config.lr_schedule == "cosine":
+        return keras.callbacks.LearningRateScheduler(
+            functools.partial(cosine_learning_rate, learning_rate, epochs))
+    return keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max",
+                                             factor=config.reduce_lr_factor,
+                                             patience=config.reduce_lr_patience, min_lr=1e-6, verbose=1)
+
+
+def callbacks(config: TrainingConfig, log_dir: str, checkpoint_dir: str, phase: str,
+              learning_rate: float, epochs: int) -> List[keras.callbacks.Callback]:
     return [
         RandomnessByEpoch(),
         EpochSeconds(),   # before the CSV logger, which writes what the logs hold
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
                                       patience=config.early_stopping_patience,
                                       restore_best_weights=True, verbose=1),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max",
-                                          factor=config.reduce_lr_factor,
-                                          patience=config.reduce_lr_patience,
-                                          min_lr=1e-6, verbose=1),
+        learning_rate_schedule(config, learning_rate, epochs),
         HistoryCSV(os.path.join(checkpoint_dir, f"{phase}.{HISTORY_CSV}"), append=True),
     ] + ([keras.callbacks.TensorBoard(log_dir=os.path.join(log_dir, "tensorboard", phase))]
          # Keras writes TensorBoard logs with tf.summary: on the TensorFlow backend only
@@ -244,7 +262,9 @@ def training_dir(checkpoint_dir: str, config: TrainingConfig, data_id: str) -> s
         raise ValueError(f"checkpoint_dir {checkpoint_dir!r}: object storage is not supported for "
                          "checkpoints; use a local or mounted path (a volume, gcsfuse)")
     recipe = json.loads(json.dumps(dict(config.to_dict(), checkpoint_dir="")))
-    identity = {k: v for k, v in recipe.items() if k not in _STOPPING_FIELDS + _EXPORT_FIELDS}
+    # The epoch count only says when to stop, except under the cosine, whose curve it sets.
+    ignored = tuple(f for f in _STOPPING_FIELDS if not (f == "epochs" and config.lr_schedule == "cosine"))
+    identity = {k: v for k, v in recipe.items() if k not in ignored + _EXPORT_FIELDS}
     if config.augment:
         identity["augmentation"] = dict(model_lib.AUGMENTATION, layer=model_lib.RandomFaceTransform.__name__,
                                         version=model_lib.RandomFaceTransform.VERSION)
@@ -328,7 +348,8 @@ def fit(model: keras.Model, network: keras.Model, train, validation, config: Tra
         # start the next phase's fit there too: each phase starts at its own epoch 0
         # unless its own backup says otherwise.
         model._initial_epoch = None
-        phase_callbacks = callbacks(config, log_dir, checkpoint_dir, phase["name"]) + list(extra_callbacks)
+        phase_callbacks = callbacks(config, log_dir, checkpoint_dir, phase["name"], phase["learning_rate"],
+                                    phase["epochs"]) + list(extra_callbacks)
         for callback in phase_callbacks:
             if isinstance(callback, ByEpoch):
                 callback.epoch_offset = phase_offset

@@ -43,7 +43,7 @@ from PIL import Image
 from components.trainer import model as model_lib, recipe
 from pipeline import features
 from pipeline.scoring import classification_metrics
-from pipeline.config import OPTIMIZERS, TrainingConfig
+from pipeline.config import LR_SCHEDULES, OPTIMIZERS, TrainingConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 RESULT_JSON = "result.json"
@@ -296,6 +296,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--reduce-lr-patience", type=int,
                         help="epochs without a better validation accuracy before the learning "
                              "rate is halved (default: half of --patience)")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=TrainingConfig.lr_schedule,
+                        help="plateau: halve the learning rate when validation accuracy stalls; "
+                             "cosine: a half cosine from --learning-rate to 0 over --epochs")
     parser.add_argument("--pretrained-weights", default="")
     parser.add_argument("--warm-start", default="")
     parser.add_argument("--warm-start-classes",
@@ -322,7 +325,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             optimizer=args.optimizer, label_smoothing=args.label_smoothing, imbalance=args.imbalance,
             early_stopping_patience=args.patience,
             reduce_lr_patience=(args.reduce_lr_patience if args.reduce_lr_patience is not None
-                                else max(1, args.patience // 2)), pretrained_weights=args.pretrained_weights,
+                                else max(1, args.patience // 2)), lr_schedule=args.lr_schedule,
+            pretrained_weights=args.pretrained_weights,
             warm_start=args.warm_start)
         if bool(args.teacher_model) != bool(args.teacher_weights):
             raise ValueError("--teacher-model and --teacher-weights go together")
