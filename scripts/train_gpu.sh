@@ -4,7 +4,7 @@
 #
 #   DATA=/path/to/fer2013 OUT=out bash scripts/train_gpu.sh [MODEL...]
 #
-# MODEL: any of vggnet dcnn vgg16 resnet50 vggnet-hsn dcnn-hsn compact compact-hsn (default:
+# MODEL: any of vggnet resnet18 dcnn vgg16 resnet50 vggnet-hsn dcnn-hsn compact compact-hsn (default:
 # all but the last two: compact is distilled from OUT/vggnet afterwards, and compact-hsn
 # starts from OUT/compact and is distilled from OUT/vggnet-hsn: run `... scripts/train_gpu.sh
 # compact`, then `... compact-hsn`. On CPU, distilling the converged compact model from
@@ -47,6 +47,7 @@ mkdir -p "$OUT"
 args_of() {
   case $1 in
     vggnet)     echo --model vggnet --epochs 150 --batch-size 64 --patience 20 --imbalance none --label-smoothing 0.1 ;;
+    resnet18)   echo --model resnet18 --epochs 150 --batch-size 64 --lr-schedule cosine --patience 150 --imbalance none ;;
     dcnn)       echo --model dcnn --epochs 150 --batch-size 64 --patience 20 --imbalance none ;;
     vgg16)      echo --model vgg16 --epochs 120 --batch-size 64 --optimizer sgd --learning-rate 0.01 --patience 15 --imbalance none ;;
     resnet50)   echo --model resnet50 --epochs 120 --batch-size 64 --optimizer sgd --learning-rate 0.01 --patience 15 --imbalance none ;;
@@ -63,7 +64,7 @@ args_of() {
 }
 
 runs=("$@")
-[ ${#runs[@]} -gt 0 ] || runs=(vggnet dcnn vgg16 resnet50 vggnet-hsn dcnn-hsn)
+[ ${#runs[@]} -gt 0 ] || runs=(vggnet resnet18 dcnn vgg16 resnet50 vggnet-hsn dcnn-hsn)
 for run in "${runs[@]}"; do
   # shellcheck disable=SC2046
   python -m components.trainer.standalone --data "$DATA" --output "$OUT/$run" $(args_of "$run") \
