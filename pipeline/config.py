@@ -103,8 +103,8 @@ class TrainingConfig(_DictMixin):
     reduce_lr_patience: int = 6
     reduce_lr_factor: float = 0.5
     # 'plateau': ReduceLROnPlateau (reduce_lr_patience, reduce_lr_factor); 'cosine': the
-    # learning rate follows a half cosine from learning_rate to 0 over the epochs (one
-    # that ends on a low learning rate however its time budget cuts it).
+    # learning rate follows a half cosine from learning_rate to 0 over the epochs, so a run
+    # of a fixed length ends on a low learning rate (one cut short by a time budget does not).
     lr_schedule: str = "plateau"
     augment: bool = True
     # Response to class imbalance: 'class_weight' (weights n / (k * n_c) from the

@@ -2,7 +2,8 @@
 TFX and on JAX on a GPU machine outside it.
 
 Models: `dcnn` (the seed notebook's), `vggnet` (the strong one), `resnet18` (a
-ResNet-18 layout at half width that trains fast on a CPU), `compact` (for CPU serving), `vgg16` and `resnet50` (keras.applications transfer models). Every builder takes
+ResNet-18 layout at half width that trains fast on a CPU), `compact` (for CPU serving),
+`vgg16` and `resnet50` (keras.applications transfer models). Every builder takes
 `(input_shape, num_classes)` and returns an uncompiled
 `keras.Model` from a [48, 48, 1] float image in [0, 1] to class probabilities:
 the network that is exported for serving. `with_augmentation` wraps it in the
