@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
                         "stalls; cosine: a half cosine from --learning-rate to 0 over --epochs")
     p.add_argument("--batch-size", type=int, help="per replica; default: 32")
     p.add_argument("--label-smoothing", type=float, help="default: 0")
+    p.add_argument("--random-erasing", type=float,
+                   help="share of training faces with one random rectangle erased (default: 0)")
     p.add_argument("--pretrained-weights", metavar="H5",
                    help="ImageNet weights for vgg16/resnet50 (default: the Keras cache if it has "
                         "them, else random initialisation)")
@@ -211,7 +213,7 @@ def _training_overrides(args: argparse.Namespace) -> tuple:
     except ValueError as e:
         raise ValueError(f"--training-config {args.training_config}: {e}") from None
     for key in ("optimizer", "learning_rate", "lr_schedule", "batch_size", "label_smoothing",
-                "pretrained_weights", "checkpoint_dir", "warm_start", "prior_correction"):
+                "random_erasing", "pretrained_weights", "checkpoint_dir", "warm_start", "prior_correction"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     for key in ("pretrained_weights", "checkpoint_dir", "warm_start"):

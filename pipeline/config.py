@@ -107,6 +107,10 @@ class TrainingConfig(_DictMixin):
     # of a fixed length ends on a low learning rate (one cut short by a time budget does not).
     lr_schedule: str = "plateau"
     augment: bool = True
+    # Random erasing on top of the augmentation (flip, rotation, shift, zoom): the share of
+    # training faces that get one rectangle (2-40% of the face) filled with a random grey.
+    # 0 = off. Only with augment.
+    random_erasing: float = 0.0
     # Response to class imbalance: 'class_weight' (weights n / (k * n_c) from the
     # class counts of the training data), 'oversample' (every class drawn equally
     # often) or 'none'.
@@ -159,6 +163,8 @@ class TrainingConfig(_DictMixin):
             raise ValueError("momentum must be in [0, 1) and weight_decay >= 0")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not 0.0 <= self.random_erasing <= 1.0:
+            raise ValueError(f"random_erasing must be in [0, 1], got {self.random_erasing}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.learning_rate <= 0 or not 0 < self.fine_tune_lr_factor <= 1 or self.freeze_epochs < 0:

@@ -105,6 +105,42 @@ def test_augmentation_rejects_out_of_range_settings():
         model_lib.RandomFaceTransform(shift=1.5)
 
 
+def test_random_erasing_fills_the_rectangle_its_draws_say():
+    layer = model_lib.RandomErasing(probability=0.5, area=(0.25, 0.25), aspect=(1.0, 1.0))
+    # erase (0.1 < 0.5), a quarter of the face as a 24 x 24 square, at top 0.5 * 24 = 12 and
+    # left 0, grey 0.75; the second face's draw (0.9) keeps it whole
+    table = np.array([[0.1, 0.0, 0.0, 0.5, 0.0, 0.75], [0.9, 0.0, 0.0, 0.5, 0.0, 0.75]], "float32")
+    erased = np.asarray(layer.erase(FACES[:2], table))
+    expected = FACES[0].copy()
+    expected[12:36, 0:24] = 0.75
+    np.testing.assert_allclose(erased[0], expected, atol=1e-6)
+    np.testing.assert_array_equal(erased[1], FACES[1])
+
+
+def test_random_erasing_is_the_identity_at_inference_and_covers_its_area_in_training():
+    layer = model_lib.RandomErasing(probability=1.0, area=(0.02, 0.4), seed=7)
+    np.testing.assert_array_equal(np.asarray(layer(FACES, training=False)), FACES)
+    many = np.repeat(FACES[:1], 512, axis=0)
+    changed = (np.abs(np.asarray(layer(many, training=True)) - many) > 1e-6).mean(axis=(1, 2, 3))
+    # every face loses one rectangle of 2-40% of its pixels (a little less where the random
+    # grey lands on the pixel's own value, a little more or less from whole-pixel rounding)
+    assert changed.min() > 0.005 and changed.max() < 0.45
+    assert 0.15 < changed.mean() < 0.25
+    none = model_lib.RandomErasing(probability=0.0)
+    np.testing.assert_array_equal(np.asarray(none(FACES, training=True)), FACES)
+    with pytest.raises(ValueError, match="probability must be in"):
+        model_lib.RandomErasing(probability=1.5)
+
+
+def test_training_model_adds_random_erasing_only_when_asked():
+    network = model_lib.build("compact", 7)
+    names = lambda config: [layer.name for layer in model_lib.training_model(network, config).layers]
+    assert "random_erasing" not in names(TrainingConfig(model="compact"))
+    assert "random_erasing" in names(TrainingConfig(model="compact", random_erasing=0.5))
+    with pytest.raises(ValueError, match="random_erasing must be in"):
+        TrainingConfig(random_erasing=2.0)
+
+
 def test_unknown_model_name_is_rejected():
     with pytest.raises(ValueError, match="unknown model 'resnet9'"):
         model_lib.build("resnet9", 7)

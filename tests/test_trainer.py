@@ -570,3 +570,15 @@ def test_weights_cast_to_float16_halve_the_file_and_load_into_the_float32_networ
         weights_dtype.cast(str(tmp_path / "not.weights.h5"), str(tmp_path / "x.h5"), "float16")
     with pytest.raises(ValueError, match="would overwrite its input"):
         weights_dtype.cast(str(half), str(half), "float32")
+
+
+def test_checkpoint_key_follows_random_erasing_only_when_it_is_on(tmp_path):
+    """Turning random erasing on starts a fresh checkpoint directory; leaving it off keeps the
+    directory a configuration had before the setting existed (its key omits the field)."""
+    key = lambda **fields: recipe.training_dir(str(tmp_path), TrainingConfig(**fields), "data-id")
+    off = key()
+    assert key(random_erasing=0.0) == off
+    on = key(random_erasing=0.5)
+    assert on != off and key(random_erasing=0.25) not in (on, off)
+    with open(os.path.join(on, recipe._CONFIG_JSON)) as f:
+        assert json.load(f)["recipe"]["random_erasing"] == 0.5

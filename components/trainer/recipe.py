@@ -265,9 +265,13 @@ def training_dir(checkpoint_dir: str, config: TrainingConfig, data_id: str) -> s
     # The epoch count only says when to stop, except under the cosine, whose curve it sets.
     ignored = tuple(f for f in _STOPPING_FIELDS if not (f == "epochs" and config.lr_schedule == "cosine"))
     identity = {k: v for k, v in recipe.items() if k not in ignored + _EXPORT_FIELDS}
+    if not config.random_erasing:  # keys from before random erasing existed stay valid
+        identity.pop("random_erasing", None)
     if config.augment:
         identity["augmentation"] = dict(model_lib.AUGMENTATION, layer=model_lib.RandomFaceTransform.__name__,
                                         version=model_lib.RandomFaceTransform.VERSION)
+        if config.random_erasing:
+            identity["augmentation"]["erasing_version"] = model_lib.RandomErasing.VERSION
     key = hashlib.sha256(json.dumps({"recipe": identity, "data": data_id}, sort_keys=True).encode())
     path = os.path.join(checkpoint_dir, key.hexdigest()[:16])
     os.makedirs(path, exist_ok=True)

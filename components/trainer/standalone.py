@@ -291,6 +291,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=TrainingConfig.learning_rate)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainingConfig.optimizer)
     parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--weight-decay", type=float, default=0.0,
+                        help="adamw's decoupled weight decay (default: 0, meaning Keras' 1e-4)")
+    parser.add_argument("--random-erasing", type=float, default=0.0,
+                        help="share of training faces with one random rectangle erased (default: 0)")
     parser.add_argument("--imbalance", choices=("class_weight", "none"), default=TrainingConfig.imbalance)
     parser.add_argument("--patience", type=int, default=TrainingConfig.early_stopping_patience)
     parser.add_argument("--reduce-lr-patience", type=int,
@@ -323,6 +327,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             model=args.model, classes=features.validate_classes(args.classes.split(",")),
             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
             optimizer=args.optimizer, label_smoothing=args.label_smoothing, imbalance=args.imbalance,
+            weight_decay=args.weight_decay, random_erasing=args.random_erasing,
             early_stopping_patience=args.patience,
             reduce_lr_patience=(args.reduce_lr_patience if args.reduce_lr_patience is not None
                                 else max(1, args.patience // 2)), lr_schedule=args.lr_schedule,
