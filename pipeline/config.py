@@ -108,8 +108,8 @@ class TrainingConfig(_DictMixin):
     lr_schedule: str = "plateau"
     augment: bool = True
     # Random erasing on top of the augmentation (flip, rotation, shift, zoom): the share of
-    # training faces that get one rectangle (2-40% of the face) filled with a random grey.
-    # 0 = off. Only with augment.
+    # training faces that get one rectangle (trainer model.ERASING: 2-40% of the face)
+    # filled with a random grey. 0 = off. Only with augment.
     random_erasing: float = 0.0
     # Response to class imbalance: 'class_weight' (weights n / (k * n_c) from the
     # class counts of the training data), 'oversample' (every class drawn equally

@@ -29,6 +29,8 @@ INPUT_SHAPE: Tuple[int, int, int] = (features.IMAGE_SIZE, features.IMAGE_SIZE,
 
 
 AUGMENTATION = dict(flip=True, rotation=0.05, shift=0.1, zoom=0.1)
+# Random erasing's rectangle (`RandomErasing`): its share of the face and height / width.
+ERASING = dict(area=(0.02, 0.4), aspect=(0.3, 3.3))
 
 
 @keras.saving.register_keras_serializable(package="fer")
@@ -124,8 +126,8 @@ class RandomErasing(layers.Layer):
     # Part of the checkpoint key, as RandomFaceTransform.VERSION.
     VERSION = 1
 
-    def __init__(self, probability: float = 0.5, area: Sequence[float] = (0.02, 0.4),
-                 aspect: Sequence[float] = (0.3, 3.3), seed: Optional[int] = None, **kwargs):
+    def __init__(self, probability: float = 0.5, area: Sequence[float] = ERASING["area"],
+                 aspect: Sequence[float] = ERASING["aspect"], seed: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
         area, aspect = tuple(float(a) for a in area), tuple(float(a) for a in aspect)
         if not (0 <= probability <= 1 and len(area) == 2 and 0 < area[0] <= area[1] <= 1
@@ -186,7 +188,7 @@ def with_augmentation(network: keras.Model, seed: int = 42, erasing: float = 0.0
     inputs = keras.Input(shape=network.input_shape[1:], name=features.PIXELS_KEY)
     x = augmentation(seed)(inputs)
     if erasing:
-        x = RandomErasing(erasing, seed=seed + 1, name="random_erasing")(x)
+        x = RandomErasing(erasing, **ERASING, seed=seed + 1, name="random_erasing")(x)
     return keras.Model(inputs, network(x), name=f"{network.name}_training")
 
 
