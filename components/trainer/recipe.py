@@ -271,7 +271,8 @@ def training_dir(checkpoint_dir: str, config: TrainingConfig, data_id: str) -> s
         identity["augmentation"] = dict(model_lib.AUGMENTATION, layer=model_lib.RandomFaceTransform.__name__,
                                         version=model_lib.RandomFaceTransform.VERSION)
         if config.random_erasing:
-            identity["augmentation"]["erasing"] = dict(model_lib.ERASING, version=model_lib.RandomErasing.VERSION)
+            identity["augmentation"]["erasing"] = dict(model_lib.ERASING,
+                                                       version=model_lib.RandomErasing.VERSION)
     key = hashlib.sha256(json.dumps({"recipe": identity, "data": data_id}, sort_keys=True).encode())
     path = os.path.join(checkpoint_dir, key.hexdigest()[:16])
     os.makedirs(path, exist_ok=True)
