@@ -428,6 +428,39 @@ def test_distillation_targets_mix_labels_with_the_softened_teacher():
     assert softer[0, 0] < 0.8 and softer.sum() == pytest.approx(1.0)   # a higher temperature flattens
 
 
+def test_an_ensemble_teaches_the_mean_of_its_members_probabilities(tmp_path):
+    faces = np.random.default_rng(0).uniform(0, 255, (6, 48, 48, 1)).astype(np.float32)
+    paths, alone = [], []
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        network = model_lib.build("compact", len(SUBSET))
+        paths.append(str(tmp_path / f"member{seed}.weights.h5"))
+        network.save_weights(paths[-1])
+        alone.append(standalone.probabilities(network, faces, flip=True))
+    assert not np.allclose(alone[0], alone[1], atol=1e-4)   # two different members
+    pair = standalone.Teacher("compact,compact", ",".join(paths), flip=True)
+    assert pair.members() == [("compact", paths[0]), ("compact", paths[1])]
+    np.testing.assert_allclose(pair.probabilities(faces, len(SUBSET)), (alone[0] + alone[1]) / 2,
+                               atol=1e-5)
+    single = standalone.Teacher("compact", paths[0], flip=True)
+    np.testing.assert_allclose(single.probabilities(faces, len(SUBSET)), alone[0], atol=1e-5)
+
+
+def test_a_teacher_with_a_missing_or_unmatched_member_is_refused_by_name(tmp_path):
+    weights = tmp_path / "dcnn.weights.h5"
+    weights.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"2 model\(s\) \(resnet18,dcnn\) but 1 weights"):
+        standalone.Teacher("resnet18,dcnn", str(weights)).members()
+    with pytest.raises(ValueError, match="'alexnet' is not one of"):
+        standalone.Teacher("alexnet", str(weights)).members()
+    with pytest.raises(FileNotFoundError, match="nowhere.weights.h5 \\(for resnet18\\) not found"):
+        standalone.Teacher("resnet18,dcnn", f"{tmp_path}/nowhere.weights.h5,{weights}").members()
+    # The command line says so before reading any data.
+    assert standalone.main(["--data", str(tmp_path / "no-data"), "--output", str(tmp_path / "out"),
+                            "--teacher-model", "resnet18,dcnn", "--teacher-weights", str(weights)]) == 2
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_history_written_before_a_metric_was_logged_keeps_its_columns_on_resume(tmp_path):
     path = tmp_path / f"train.{recipe.HISTORY_CSV}"
     path.write_text("epoch,accuracy,loss,val_accuracy\n0,0.5,1.2,0.45\n")   # no epoch_seconds

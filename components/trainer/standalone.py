@@ -19,7 +19,9 @@ SavedModel (`fer-pipeline run ... --warm-start OUT/<model>.weights.h5 --epochs 0
 Distillation (e.g. the compact model from the strong one): `--teacher-model vggnet
 --teacher-weights OUT/vggnet.weights.h5` trains on a mix of the one-hot labels and the
 teacher's softened probabilities (`soft_targets`); `--teacher-flip` averages the
-teacher's probabilities over each face and its mirror image. A shipped model can teach:
+teacher's probabilities over each face and its mirror image. An ensemble can teach
+(`--teacher-model resnet18,dcnn --teacher-weights R.weights.h5,D.weights.h5`: the mean of
+their probabilities). A shipped model can teach:
 `python -m components.trainer.saved_weights` takes its weights out of the SavedModel.
 
 Validation data is carved from train/ by a hash of the file name (the same fraction as
@@ -139,12 +141,37 @@ def soft_targets(labels: np.ndarray, teacher_probabilities: np.ndarray, weight: 
 
 @dataclasses.dataclass(frozen=True)
 class Teacher:
-    """A trained model whose predictions the student learns from (distillation)."""
+    """A trained model whose predictions the student learns from (distillation). An
+    ensemble teaches too: `model` and `weights` then name its members, comma-separated
+    and in the same order, and the teacher's probabilities are the mean of theirs."""
     model: str
     weights: str
     weight: float = 0.7
     temperature: float = 2.0
     flip: bool = False  # the teacher's probabilities averaged over each face and its mirror
+
+    def members(self) -> List[Tuple[str, str]]:
+        """(architecture, weights file) of each network that teaches."""
+        models, weights = self.model.split(","), self.weights.split(",")
+        if len(models) != len(weights):
+            raise ValueError(f"the teacher names {len(models)} model(s) ({self.model}) but "
+                             f"{len(weights)} weights file(s) ({self.weights})")
+        for name, path in zip(models, weights):
+            if name not in model_lib.BUILDERS:
+                raise ValueError(f"teacher model {name!r} is not one of {sorted(model_lib.BUILDERS)}")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"teacher weights {path} (for {name}) not found")
+        return list(zip(models, weights))
+
+    def probabilities(self, x: np.ndarray, classes: int) -> np.ndarray:
+        """The teacher's class probabilities for faces `x`: the mean over its members."""
+        total = np.zeros((len(x), classes), np.float32)
+        members = self.members()
+        for name, path in members:
+            network = model_lib.build(name, classes)
+            network.load_weights(path)
+            total += probabilities(network, x, self.flip)
+        return total / len(members)
 
 
 def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
@@ -177,9 +204,7 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
     example_weights = (np.asarray([class_weight[c] for c in y[~held_out]], np.float32)
                        if class_weight and teacher else None)
     if teacher:
-        teacher_network = model_lib.build(teacher.model, len(classes))
-        teacher_network.load_weights(teacher.weights)
-        targets = soft_targets(y[~held_out], probabilities(teacher_network, x[~held_out], teacher.flip),
+        targets = soft_targets(y[~held_out], teacher.probabilities(x[~held_out], len(classes)),
                                teacher.weight, teacher.temperature)
     started, epochs = time.time(), _EpochCounter()
     train = _Shuffled(x[~held_out], targets, config.batch_size, config.seed, example_weights)
@@ -309,9 +334,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="the classes --warm-start was trained on, if a superset of --classes "
                              "(e.g. all 7 to start a happy/sad/neutral model)")
     parser.add_argument("--per-class", type=int, default=0, help="at most this many images per class")
-    parser.add_argument("--teacher-model", choices=sorted(model_lib.BUILDERS),
-                        help="distil from this trained model (with --teacher-weights)")
-    parser.add_argument("--teacher-weights", help="the teacher's .weights.h5 (same classes)")
+    parser.add_argument("--teacher-model",
+                        help="distil from this trained model (with --teacher-weights); "
+                             "comma-separated for an ensemble (e.g. resnet18,dcnn)")
+    parser.add_argument("--teacher-weights",
+                        help="the teacher's .weights.h5 (same classes); comma-separated, one "
+                             "per --teacher-model, for an ensemble")
     parser.add_argument("--distill-weight", type=float, default=0.7,
                         help="share of the teacher's soft targets in the training targets")
     parser.add_argument("--temperature", type=float, default=2.0)
@@ -338,6 +366,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         teacher = (Teacher(args.teacher_model, args.teacher_weights, args.distill_weight, args.temperature,
                            args.teacher_flip)
                    if args.teacher_model else None)
+        if teacher:
+            teacher.members()  # bad names or missing files fail here, before any data is read
         trained_classes = (features.validate_classes(args.warm_start_classes.split(","))
                            if args.warm_start_classes else ())
         if trained_classes and not args.warm_start:
