@@ -3,6 +3,7 @@
     fer-pipeline run --data PATH --output DIR [--profile smoke|full] [--runner local|beam]
                      [--model NAME] [--classes a,b,c] [--epochs N] [--min-accuracy X]
                      [--imbalance class_weight|oversample|none] [--prior-correction X]
+                     [--calibration-temperature T]
                      [--validation-config FILE]
     fer-pipeline validate --data PATH --output DIR [--profile ...] [--classes ...]
                      [--validation-config FILE]      (ingest and validate only)
@@ -85,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="export a model whose probabilities are divided by the training class "
                         "prior to this power (logit adjustment; 0.5 is a good start with "
                         "--imbalance none): rare emotions predicted more often (default: 0, off)")
+    p.add_argument("--calibration-temperature", type=float, metavar="T",
+                   help="export a model whose log-probabilities are divided by T (temperature "
+                        "scaling; fit T with python -m pipeline.calibration): > 1 tempers an "
+                        "overconfident network (default: 1, off)")
     p.add_argument("--training-config",
                    help="YAML or JSON file overriding the training recipe (keys of "
                         "pipeline.config.TrainingConfig); the flags below override it in turn")
@@ -213,7 +218,8 @@ def _training_overrides(args: argparse.Namespace) -> tuple:
     except ValueError as e:
         raise ValueError(f"--training-config {args.training_config}: {e}") from None
     for key in ("optimizer", "learning_rate", "lr_schedule", "batch_size", "label_smoothing",
-                "random_erasing", "pretrained_weights", "checkpoint_dir", "warm_start", "prior_correction"):
+                "random_erasing", "pretrained_weights", "checkpoint_dir", "warm_start", "prior_correction",
+                "calibration_temperature"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     for key in ("pretrained_weights", "checkpoint_dir", "warm_start"):

@@ -122,6 +122,12 @@ class TrainingConfig(_DictMixin):
     # imbalance='none' (class weights or oversampling already balance the classes). It
     # changes only the export, not the training.
     prior_correction: float = 0.0
+    # Temperature scaling at export (Guo et al., 2017): the exported model divides the log
+    # of the network's probabilities by this temperature before the prior correction, so
+    # an overconfident network (> 1) or an underconfident one (< 1) serves probabilities
+    # that match how often it is right. It never changes which class is most probable on
+    # its own. 1 = off. Fit it on the validation carve-out: `python -m pipeline.calibration`.
+    calibration_temperature: float = 1.0
     optimizer: str = "nadam"          # nadam (the seed's), adam, adamw, sgd (Nesterov), rmsprop
     momentum: float = 0.9             # sgd and rmsprop
     weight_decay: float = 0.0         # adamw (0 means its default 1e-4)
@@ -179,6 +185,9 @@ class TrainingConfig(_DictMixin):
             raise ValueError("validation_fraction must be in (0, 0.5)")
         if not 0.0 <= self.prior_correction <= 2.0:
             raise ValueError(f"prior_correction must be in [0, 2], got {self.prior_correction}")
+        if not 0.05 <= self.calibration_temperature <= 20.0:
+            raise ValueError("calibration_temperature must be in [0.05, 20], got "
+                             f"{self.calibration_temperature}")
 
 
 @dataclasses.dataclass(frozen=True)

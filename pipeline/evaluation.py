@@ -10,6 +10,7 @@ import tensorflow_model_analysis as tfma
 
 from pipeline import features
 from pipeline.config import EvaluationConfig
+from pipeline.scoring import CALIBRATION_BINS
 
 ACCURACY = "sparse_categorical_accuracy"
 OVERALL = tfma.SlicingSpec()
@@ -17,8 +18,8 @@ BY_EMOTION = tfma.SlicingSpec(feature_keys=[features.LABEL_NAME_KEY])
 # Proxy slices computed from the image: NOT demographics (say so wherever they are shown).
 PROXY_SLICE_KEYS = (features.BRIGHTNESS_BAND_KEY, features.CONTRAST_BAND_KEY)
 # Reliability diagram of the top-1 prediction (confidence vs. accuracy), from which the
-# expected calibration error is computed.
-CALIBRATION_BUCKETS = 10
+# expected calibration error is computed; the same bins as `scoring.calibration_metrics`.
+CALIBRATION_BUCKETS = CALIBRATION_BINS
 # Fairness Indicators (installed with --no-deps: its declared pins clash with tfx 1.16's).
 FAIRNESS_INDICATORS_MODULE = "fairness_indicators.fairness_indicators_metrics"
 FAIRNESS_THRESHOLD = 0.5

@@ -69,6 +69,11 @@ LABEL_OUTPUT = "label"
 CLASSES_OUTPUT = "classes"       # [N, C] class names in the order of `probabilities`
 # Beside a SavedModel exported with a prior correction: its strength, counts and bias.
 PRIOR_CORRECTION_ASSET = "assets.extra/prior_correction.json"
+# Beside a SavedModel exported with a calibration temperature other than 1: the temperature.
+CALIBRATION_ASSET = "assets.extra/calibration.json"
+# How the served probabilities follow from the network's (both assets state it): the
+# temperature is 1 and the bias 0 when the model has no such asset.
+OUTPUT_RULE = "probabilities = softmax(log(network probabilities) / temperature + log_bias)"
 
 
 def validate_classes(classes: Sequence[str]) -> Tuple[str, ...]:

@@ -13,6 +13,7 @@ recommended strength is the one with the best validation macro-F1; export with i
 `fer-pipeline run ... --imbalance none --warm-start W --epochs 0 --prior-correction X`.
 """
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Dict, List, Optional, Sequence
@@ -41,24 +42,43 @@ def validation_images(data: str, classes: Sequence[str],
     return held_out, counts
 
 
-def applied(model_dir: str, classes: Sequence[str]):
-    """(strength, log-bias per class, training count per class) of the prior correction
-    the model was exported with, the bias derived from the recorded strength and counts
-    by the export's own rule (the recorded `log_bias` is rounded for people); (0.0,
-    zeros, None) without one."""
-    from components.trainer.export import read_prior_correction
+@dataclasses.dataclass(frozen=True)
+class OutputRule:
+    """How a served model's probabilities follow from its network's (`features.OUTPUT_RULE`):
+    the prior correction's strength and per-class log-bias (derived from the recorded
+    strength and counts by the export's own rule; the recorded `log_bias` is rounded for
+    people), the training counts it used (None without one) and the calibration temperature."""
+    strength: float
+    log_bias: np.ndarray
+    counts: Optional[List[int]] = None
+    temperature: float = 1.0
+
+    def served(self, network_probabilities: np.ndarray) -> np.ndarray:
+        """The served probabilities for the network's."""
+        return corrected(network_probabilities, self.log_bias, self.temperature)
+
+    def network(self, served_probabilities: np.ndarray) -> np.ndarray:
+        """The network's own probabilities behind served ones (the rule undone)."""
+        return corrected(served_probabilities, -self.temperature * self.log_bias, 1.0 / self.temperature)
+
+
+def applied(model_dir: str, classes: Sequence[str]) -> OutputRule:
+    """The `OutputRule` the model in `model_dir` was exported with, from its assets
+    (strength 0, zero bias and temperature 1 where it has none)."""
+    from components.trainer.export import read_calibration_temperature, read_prior_correction
     from components.trainer.recipe import prior_log_bias
 
+    temperature = read_calibration_temperature(model_dir)
     recorded = read_prior_correction(model_dir)
     if not recorded:
-        return 0.0, np.zeros(len(classes), np.float32), None
+        return OutputRule(0.0, np.zeros(len(classes), np.float32), None, temperature)
     strength, counts = float(recorded["strength"]), [int(recorded["train_counts"][c]) for c in classes]
-    return strength, prior_log_bias(counts, strength), counts
+    return OutputRule(strength, prior_log_bias(counts, strength), counts, temperature)
 
 
-def corrected(probabilities: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """softmax(log(probabilities) + bias), row by row (the export's rule)."""
-    logits = np.log(np.maximum(probabilities, 1e-12)) + bias
+def corrected(probabilities: np.ndarray, bias: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """softmax(log(probabilities) / temperature + bias), row by row (the export's rule)."""
+    logits = np.log(np.maximum(probabilities, 1e-12)) / temperature + bias
     exp = np.exp(logits - logits.max(axis=1, keepdims=True))
     return exp / exp.sum(axis=1, keepdims=True)
 
@@ -71,27 +91,28 @@ def scan(model_dir: str, data: str, strengths: Sequence[float] = STRENGTHS, per_
     model_dir = resolve_model_dir(model_dir)
     predictor = served_predictor(model_dir)
     classes = predictor[1]
-    strength_applied, bias_applied, exported_counts = applied(model_dir, classes)
+    rule = applied(model_dir, classes)
     held_out, counts = validation_images(data, classes)
     # The counts the export used (the Trainer's carve-out, which differs from the
     # standalone trainer's by a few faces per class) where it recorded them, so the
     # exported strength scores exactly the served decisions.
-    counts = exported_counts or counts
+    counts = rule.counts or counts
     splits = {"validation": image_probabilities(predictor, held_out, per_class=per_class),
               "publictest": publictest_probabilities(predictor, data, per_class=per_class)}
-    splits = {k: (y, corrected(p, -bias_applied)) for k, (y, p) in splits.items()}
+    splits = {k: (y, rule.network(p)) for k, (y, p) in splits.items()}
     rows = []
     for strength in strengths:
         bias = prior_log_bias(counts, strength)
         row = {"strength": strength}
         for name, (truth, probabilities) in splits.items():
-            m = classification_metrics(truth, corrected(probabilities, bias).argmax(axis=1), classes)
+            m = classification_metrics(truth, corrected(probabilities, bias, rule.temperature).argmax(axis=1),
+                                       classes)
             row[name] = {"examples": m["examples"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                          "recall": {c: v["recall"] for c, v in m["per_class"].items()}}
         rows.append(row)
     best = max(rows, key=lambda r: (r["validation"]["macro_f1"], -r["strength"]))
     return {"model": model_dir, "classes": classes, "train_counts": dict(zip(classes, counts)),
-            "applied_strength": strength_applied, "strengths": rows,
+            "applied_strength": rule.strength, "temperature": rule.temperature, "strengths": rows,
             "recommended": best["strength"]}
 
 

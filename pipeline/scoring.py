@@ -1,8 +1,13 @@
-"""Classification metrics from predicted and true class ids (NumPy only: the standalone
-trainer, the ship step and RESULTS.md all score models with this one function)."""
+"""Classification metrics from predicted and true class ids, and calibration metrics from
+probabilities (NumPy only: the standalone trainer, the ship step, the calibration fit and
+RESULTS.md all score models with these functions)."""
 from typing import Dict, Sequence
 
 import numpy as np
+
+# Equal-width bins of the top-1 confidence for the expected calibration error (the
+# Evaluator's reliability table uses the same number).
+CALIBRATION_BINS = 10
 
 
 def classification_metrics(truth: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> Dict:
@@ -30,3 +35,22 @@ def probability_metrics(truth: np.ndarray, probabilities: np.ndarray, classes: S
     confusion matrix: the shape in which single models, flip TTA and ensembles are reported."""
     metrics = classification_metrics(truth, np.asarray(probabilities).argmax(axis=1), classes)
     return {k: metrics[k] for k in ("examples", "accuracy", "macro_f1", "per_class")}
+
+
+def calibration_metrics(truth: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> Dict:
+    """How far the probabilities are from how often they are right: the mean negative
+    log-likelihood of the true class and the expected calibration error of the top-1
+    prediction (over `bins` equal-width confidence bins: the sum of each bin's share of
+    examples times |accuracy - mean confidence| there; 0 is perfectly calibrated, the
+    Evaluator's reliability table bins the same way)."""
+    truth, probabilities = np.asarray(truth), np.asarray(probabilities, np.float64)
+    confidence, predicted = probabilities.max(axis=1), probabilities.argmax(axis=1)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    gap = sum(abs(np.mean(predicted[which == b] == truth[which == b]) - np.mean(confidence[which == b]))
+              * np.sum(which == b) for b in range(bins) if np.any(which == b))
+    likelihood = probabilities[np.arange(len(truth)), truth]
+    return {"examples": int(len(truth)),
+            "nll": round(float(-np.mean(np.log(np.maximum(likelihood, 1e-12)))), 4),
+            "ece": round(float(gap / max(len(truth), 1)), 4),
+            "mean_confidence": round(float(np.mean(confidence)), 4),
+            "accuracy": round(float(np.mean(predicted == truth)), 4)}

@@ -139,11 +139,12 @@ def ship(pushed: str, name: str, data: str, models_dir: str = "models",
         "size_bytes": directory_bytes(target),
         "date": time.strftime("%Y-%m-%d"), "notes": notes,
     }
-    from components.trainer.export import read_prior_correction
+    from components.trainer.export import read_calibration_temperature, read_prior_correction
 
     correction = read_prior_correction(target)
     if correction:
         metadata["prior_correction"] = correction
+    metadata["calibration_temperature"] = read_calibration_temperature(target)
     if result:
         with open(result) as f:
             trained = json.load(f)

@@ -53,7 +53,7 @@ def test_fairness_gate_judges_annotation_slices_big_enough_and_proxies_only_when
     assert audit.fairness_failures(rows, EvaluationConfig(fairness_max_gap=0.2)) == []
 
 
-def test_the_model_card_states_the_decision_rule_with_or_without_a_prior_correction():
+def test_the_model_card_states_the_decision_rule_with_or_without_a_prior_correction_and_temperature():
     rows = dict(pipeline="p", classes=["happy", "sad", "disgust"], metrics=METRICS, evaluator={},
                 evaluator_blessed=True, gates=EvaluationConfig(), annotation_columns=[],
                 lineage={}, data={})
@@ -65,6 +65,15 @@ def test_the_model_card_states_the_decision_rule_with_or_without_a_prior_correct
     card = audit.model_card(corrected)
     assert "to the power 0.5" in card and "(disgust most of all)" in card
     assert "prior_correction.json" in audit.render_html(corrected)
+    assert "calibration temperature" not in card
+    tempered = audit.model_card(audit.build_report(**rows, calibration_temperature=1.25))
+    assert "network's own up to calibration" in tempered and "no prior correction" in tempered
+    assert "calibration temperature of 1.25" in tempered and "overconfident" in tempered
+    cooled = audit.model_card(audit.build_report(**rows, prior_correction={
+        "strength": 0.5, "train_counts": {"happy": 7215, "sad": 4830, "disgust": 436},
+        "log_bias": {"happy": -0.9, "sad": -0.7, "disgust": 1.6}}, calibration_temperature=0.7))
+    assert "to the power 0.5" in cooled and "calibration temperature of 0.7" in cooled
+    assert "underconfident" in cooled
 
 
 class Saboteur(tf.Module):

@@ -168,10 +168,10 @@ def test_weights_taken_back_out_of_a_shipped_model_give_its_served_probabilities
     pngs = [tf.io.encode_png(tf.constant(np.round(face * 255).astype(np.uint8))).numpy() for face in x]
     served = tf.saved_model.load(path).signatures[features.PREDICT_IMAGE_SIGNATURE](
         **{features.IMAGES_INPUT: tf.constant(pngs)})[features.PROBABILITIES_OUTPUT].numpy()
-    # The served probabilities are the network's with the prior correction (if any) the
-    # model was exported with, from its recorded strength and class counts.
+    # The served probabilities are the network's with the prior correction and temperature
+    # (if any) the model was exported with, from its recorded strength, counts and temperature.
     from pipeline import prior
-    _, bias, _ = prior.applied(path, features.EMOTIONS)
-    np.testing.assert_allclose(prior.corrected(np.asarray(network(x, training=False)), bias), served, atol=1e-5)
+    rule = prior.applied(path, features.EMOTIONS)
+    np.testing.assert_allclose(rule.served(np.asarray(network(x, training=False))), served, atol=1e-5)
     assert saved_weights.main(["--saved-model", path, "--model", "dcnn", "--output", weights]) == 2
     assert "do not fit a 'dcnn' network with 7 classes" in capsys.readouterr().err

@@ -389,6 +389,7 @@ def _assert_subset_model(summary):
     (["--label-smoothing", "1.5"], None, "label_smoothing must be in [0, 1)"),
     ([], "optimiser: sgd\n", "unknown training key(s) ['optimiser']"),
     (["--prior-correction", "-1"], None, "prior_correction must be in [0, 2], got -1.0"),
+    (["--calibration-temperature", "0"], None, "calibration_temperature must be in [0.05, 20], got 0.0"),
 ])
 def test_bad_training_settings_give_one_line_and_exit_2(extra, config_text, message, tmp_path, capsys,
                                                         monkeypatch):
@@ -603,6 +604,13 @@ def test_weights_cast_to_float16_halve_the_file_and_load_into_the_float32_networ
         weights_dtype.cast(str(tmp_path / "not.weights.h5"), str(tmp_path / "x.h5"), "float16")
     with pytest.raises(ValueError, match="would overwrite its input"):
         weights_dtype.cast(str(half), str(half), "float32")
+
+
+def test_checkpoint_key_ignores_what_only_the_export_applies(tmp_path):
+    """The prior correction and the calibration temperature change the exported model, not
+    the training: a training resumed with other values goes on from the same checkpoints."""
+    key = lambda **fields: recipe.training_dir(str(tmp_path), TrainingConfig(**fields), "data-id")
+    assert key(prior_correction=0.5, calibration_temperature=1.3) == key()
 
 
 def test_checkpoint_key_follows_random_erasing_only_when_it_is_on(tmp_path):

@@ -107,7 +107,7 @@ def fairness_failures(rows: List[Dict], gates: EvaluationConfig) -> List[str]:
 def build_report(*, pipeline: str, classes: Sequence[str], metrics: Dict, evaluator: Dict,
                  evaluator_blessed: bool, gates: EvaluationConfig, annotation_columns: Sequence[str],
                  lineage: Dict, data: Dict, calibration: Optional[Dict[str, Dict]] = None,
-                 prior_correction: Optional[Dict] = None) -> Dict:
+                 prior_correction: Optional[Dict] = None, calibration_temperature: float = 1.0) -> Dict:
     rows = slice_rows(metrics, annotation_columns, calibration, classes)
     fairness = fairness_failures(rows, gates)
     gate_list = [
@@ -128,23 +128,30 @@ def build_report(*, pipeline: str, classes: Sequence[str], metrics: Dict, evalua
         "annotation_columns": list(annotation_columns), "proxy_note": PROXY_NOTE,
         "reliability": (calibration or {}).get("overall", {}).get("bins", []),
         "fairness_indicators_threshold": FAIRNESS_THRESHOLD,
-        "prior_correction": prior_correction,
+        "prior_correction": prior_correction, "calibration_temperature": calibration_temperature,
     }
 
 
 def decision_rule(report: Dict) -> str:
-    """How the served label follows from the network: its own arg-max, or after the
-    export's prior correction (the model card says which)."""
+    """How the served label and probabilities follow from the network: its own, or after
+    the export's temperature scaling and prior correction (the model card says which)."""
     correction = report.get("prior_correction")
+    temperature = report.get("calibration_temperature", 1.0)
+    scaled = ("" if temperature == 1.0 else
+              f" The log-probabilities are divided by a calibration temperature of {temperature:g} "
+              "(fitted on the validation carve-out, `assets.extra/calibration.json`): the "
+              f"{'overconfident' if temperature > 1 else 'underconfident'} network's probabilities are "
+              "brought closer to how often it is right; on its own this never changes the label.")
     if not correction:
-        return ("Decision rule: `probabilities` are the network's own and `label` is the most "
-                "probable class (no prior correction).")
+        return ("Decision rule: `probabilities` are the network's own"
+                + (" up to calibration" if scaled else "")
+                + " and `label` is the most probable class (no prior correction)." + scaled)
     rare = min(correction["train_counts"], key=correction["train_counts"].get)
     return ("Decision rule: `probabilities` are the network's divided by the training class "
             f"frequencies to the power {correction['strength']:g} and renormalised (logit adjustment, "
             "`assets.extra/prior_correction.json`), and `label` is the most probable of those: rare "
             f"emotions ({rare} most of all) are predicted more often than by the network alone, so "
-            "the probabilities are tilted away from the training frequencies on purpose.")
+            "the probabilities are tilted away from the training frequencies on purpose." + scaled)
 
 
 def _e(value) -> str:

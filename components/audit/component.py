@@ -16,7 +16,7 @@ from tfx.utils import path_utils
 from tfx.v1.dsl.components import InputArtifact, OutputArtifact, Parameter, component
 
 from components.audit import audit
-from components.trainer.export import read_prior_correction
+from components.trainer.export import read_calibration_temperature, read_prior_correction
 from pipeline.config import EvaluationConfig
 from pipeline.evaluation import calibration, evaluation_metrics, validation_failures
 
@@ -54,7 +54,8 @@ def AuditGate(
         baseline_model: InputArtifact[standard_artifacts.Model] = None,
 ) -> None:
     config = EvaluationConfig.from_json(gates)
-    prior_correction = read_prior_correction(path_utils.serving_model_path(model.uri))
+    served_model = path_utils.serving_model_path(model.uri)
+    prior_correction = read_prior_correction(served_model)
     class_names = classes.split(",")
     columns = [c for c in annotation_columns.split(",") if c]
     fingerprint = (examples.get_string_custom_property("input_fingerprint")
@@ -75,7 +76,7 @@ def AuditGate(
         data={"span": examples.span, "input_fingerprint_sha256":
               hashlib.sha256(fingerprint.encode()).hexdigest() if fingerprint else "unknown",
               "examples_uri": examples.uri},
-        prior_correction=prior_correction)
+        prior_correction=prior_correction, calibration_temperature=read_calibration_temperature(served_model))
     _write(audit_report.uri, audit.AUDIT_JSON, json.dumps(report, indent=1))
     _write(audit_report.uri, audit.AUDIT_HTML, audit.render_html(report))
     _write(audit_report.uri, audit.MODEL_CARD, audit.model_card(report))

@@ -15,8 +15,11 @@ With a prior correction (`TrainingConfig.prior_correction` > 0) the signatures r
 the network's probabilities divided by the training class prior to that power and
 renormalised (`recipe.prior_log_bias`), and `assets.extra/prior_correction.json` records
 the strength, the training class counts and the bias
-(`features.PRIOR_CORRECTION_ASSET`); without one they return the
-network's own probabilities.
+(`features.PRIOR_CORRECTION_ASSET`). With a calibration temperature T other than 1
+(`TrainingConfig.calibration_temperature`) the log-probabilities are divided by T
+first (temperature scaling) and `assets.extra/calibration.json` records T
+(`features.CALIBRATION_ASSET`). Both follow one rule, `features.OUTPUT_RULE`; without
+either the signatures return the network's own probabilities.
 
 The export also carries TF Serving warm-up requests
 (`assets.extra/tf_serving_warmup_requests`): TF Serving replays them when it
@@ -44,11 +47,13 @@ class ServingModule(tf.Module):
     """The model, the Transform layer and the class names, with the signatures."""
 
     def __init__(self, model: keras.Model, tf_transform_output: tft.TFTransformOutput,
-                 classes: Sequence[str], class_log_bias: Optional[np.ndarray] = None):
+                 classes: Sequence[str], class_log_bias: Optional[np.ndarray] = None,
+                 temperature: float = 1.0):
         super().__init__(name="fer_serving")
         self.model = model
         self.class_log_bias = None if class_log_bias is None else tf.constant(
             np.asarray(class_log_bias, np.float32).reshape(len(classes)))
+        self.temperature = float(temperature)
         self.tft_layer = tf_transform_output.transform_features_layer()
         self.class_names = tf.constant(list(classes))
         raw_spec = tf_transform_output.raw_feature_spec()
@@ -58,9 +63,11 @@ class ServingModule(tf.Module):
     def _predict(self, raw_features):
         transformed = self.tft_layer(raw_features)
         probabilities = self.model(transformed[features.PIXELS_KEY], training=False)
-        if self.class_log_bias is not None:
-            probabilities = tf.nn.softmax(
-                tf.math.log(tf.maximum(probabilities, 1e-12)) + self.class_log_bias, axis=-1)
+        if self.class_log_bias is not None or self.temperature != 1.0:   # features.OUTPUT_RULE
+            logits = tf.math.log(tf.maximum(probabilities, 1e-12)) / self.temperature
+            if self.class_log_bias is not None:
+                logits += self.class_log_bias
+            probabilities = tf.nn.softmax(logits, axis=-1)
         labels = tf.gather(self.class_names, tf.argmax(probabilities, axis=-1))
         classes = tf.broadcast_to(self.class_names, tf.shape(probabilities))
         return {features.PROBABILITIES_OUTPUT: probabilities, features.LABEL_OUTPUT: labels,
@@ -88,7 +95,8 @@ class ServingModule(tf.Module):
 
 def export_serving_model(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
                          classes: Sequence[str], export_dir: str, prior_correction: float = 0.0,
-                         class_counts: Optional[Sequence[int]] = None) -> str:
+                         class_counts: Optional[Sequence[int]] = None,
+                         calibration_temperature: float = 1.0) -> str:
     """Writes the SavedModel to `export_dir` and returns it. `prior_correction` > 0 needs
     the training data's `class_counts` (in the order of `classes`)."""
     from components.trainer.recipe import prior_log_bias
@@ -99,27 +107,46 @@ def export_serving_model(model: keras.Model, tf_transform_output: tft.TFTransfor
             raise ValueError(f"prior_correction {prior_correction}: needs the training count of "
                              f"each of the {len(classes)} classes, got {class_counts}")
         bias = prior_log_bias(class_counts, prior_correction)
-    module = ServingModule(model, tf_transform_output, classes, bias)
+    if calibration_temperature <= 0:
+        raise ValueError(f"calibration_temperature must be > 0, got {calibration_temperature}")
+    module = ServingModule(model, tf_transform_output, classes, bias, calibration_temperature)
     tf.saved_model.save(module, export_dir, signatures=module.signatures())
     write_warmup_requests(export_dir)
     if bias is not None:
-        with tf.io.gfile.GFile(os.path.join(export_dir, features.PRIOR_CORRECTION_ASSET), "w") as f:
-            f.write(json.dumps({
-                "strength": prior_correction,
-                "train_counts": {c: int(n) for c, n in zip(classes, class_counts)},
-                "log_bias": {c: round(float(b), 4) for c, b in zip(classes, bias)},
-                "rule": "probabilities = softmax(log(network probabilities) + log_bias)"}, indent=1))
+        _write_asset(export_dir, features.PRIOR_CORRECTION_ASSET, {
+            "strength": prior_correction,
+            "train_counts": {c: int(n) for c, n in zip(classes, class_counts)},
+            "log_bias": {c: round(float(b), 4) for c, b in zip(classes, bias)},
+            "rule": features.OUTPUT_RULE})
+    if calibration_temperature != 1.0:
+        _write_asset(export_dir, features.CALIBRATION_ASSET, {
+            "temperature": calibration_temperature, "rule": features.OUTPUT_RULE})
     return export_dir
+
+
+def _write_asset(export_dir: str, asset: str, content: dict) -> None:
+    with tf.io.gfile.GFile(os.path.join(export_dir, asset), "w") as f:
+        f.write(json.dumps(content, indent=1))
+
+
+def _read_asset(model_dir: str, asset: str) -> Optional[dict]:
+    path = os.path.join(model_dir, asset)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
 
 
 def read_prior_correction(model_dir: str) -> Optional[dict]:
     """What `export_serving_model` recorded of the prior correction of the SavedModel in
     `model_dir` (strength, train_counts, log_bias per class), or None without one."""
-    path = os.path.join(model_dir, features.PRIOR_CORRECTION_ASSET)
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+    return _read_asset(model_dir, features.PRIOR_CORRECTION_ASSET)
+
+
+def read_calibration_temperature(model_dir: str) -> float:
+    """The calibration temperature the SavedModel in `model_dir` was exported with (1.0
+    without `features.CALIBRATION_ASSET`)."""
+    return float((_read_asset(model_dir, features.CALIBRATION_ASSET) or {}).get("temperature", 1.0))
 
 
 def _warmup_images(n: int) -> list:

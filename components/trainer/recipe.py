@@ -52,7 +52,7 @@ _CONFIG_JSON = "config.json"
 # so a stopped training asked for more of them continues rather than starting afresh.
 _STOPPING_FIELDS = ("epochs", "early_stopping_patience")
 # Applied when the model is exported, not while it trains.
-_EXPORT_FIELDS = ("prior_correction",)
+_EXPORT_FIELDS = ("prior_correction", "calibration_temperature")
 
 
 def class_weights(counts: Sequence[int]) -> Dict[int, float]:

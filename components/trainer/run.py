@@ -54,7 +54,8 @@ def run_fn(fn_args: FnArgs) -> None:
                         "twice; it is meant for imbalance='none'", config.prior_correction,
                         config.imbalance)
     export.export_serving_model(network, tf_transform_output, config.classes,
-                                fn_args.serving_model_dir, config.prior_correction, counts.tolist())
+                                fn_args.serving_model_dir, config.prior_correction, counts.tolist(),
+                                config.calibration_temperature)
     with open(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
         json.dump(history, f, indent=1)
     with open(os.path.join(fn_args.model_run_dir, "training_config.json"), "w") as f:
