@@ -3,12 +3,13 @@
     python -m pipeline.calibration --data FER2013 --model models/fer2013-resnet18 [--json out.json]
 
 A network trained to fit its training faces closely is overconfident: when it says 90%
-it is right much less often. Temperature scaling (Guo et al., 2017) divides the log of
-its probabilities by one number T before the softmax; it never changes which emotion is
-most probable on its own, only how sure the model says it is. This fits T on the
-validation carve-out of train/ (the standalone trainer's, never trained on) by minimising
-the negative log-likelihood of the served rule (`features.OUTPUT_RULE`, with the model's
-own prior correction kept), then reports the log-likelihood and the expected calibration
+it is right much less often. Temperature scaling (Guo et al., 2017) divides the logits
+(the log of its probabilities, plus the prior correction's bias if it has one) by one
+number T before the softmax; it never changes which emotion is most probable, only how
+sure the model says it is. This fits T on the validation carve-out of train/ (the
+standalone trainer's, never trained on) by minimising the negative log-likelihood of the
+served rule (`features.OUTPUT_RULE`, with the model's own prior correction kept), then
+reports the log-likelihood and the expected calibration
 error of the top-1 prediction at T = 1, at the model's current T and at the fitted T, on
 validation and on PublicTest. Export with the fitted T:
 `fer-pipeline run ... --warm-start W --epochs 0 --calibration-temperature T`; the
@@ -39,7 +40,7 @@ def fit_temperature(truth: np.ndarray, network_probabilities: np.ndarray, log_bi
                     low: float = TEMPERATURE_RANGE[0], high: float = TEMPERATURE_RANGE[1],
                     tolerance: float = 1e-4) -> float:
     """The T in [low, high] that minimises the negative log-likelihood of
-    softmax(log(network probabilities) / T + log_bias) on (truth, probabilities)."""
+    softmax((log(network probabilities) + log_bias) / T) on (truth, probabilities)."""
     def loss(log_t: float) -> float:
         return negative_log_likelihood(truth, corrected(network_probabilities, log_bias, math.exp(log_t)))
 

@@ -122,11 +122,12 @@ class TrainingConfig(_DictMixin):
     # imbalance='none' (class weights or oversampling already balance the classes). It
     # changes only the export, not the training.
     prior_correction: float = 0.0
-    # Temperature scaling at export (Guo et al., 2017): the exported model divides the log
-    # of the network's probabilities by this temperature before the prior correction, so
-    # an overconfident network (> 1) or an underconfident one (< 1) serves probabilities
-    # that match how often it is right. It never changes which class is most probable on
-    # its own. 1 = off. Fit it on the validation carve-out: `python -m pipeline.calibration`.
+    # Temperature scaling at export (Guo et al., 2017): the exported model divides its
+    # logits (the log of the network's probabilities plus the prior correction's bias) by
+    # this temperature, so an overconfident network (> 1) or an underconfident one (< 1)
+    # serves probabilities that match how often it is right. It never changes which class
+    # is most probable. 1 = off. Fit it on the validation carve-out: `python -m
+    # pipeline.calibration`.
     calibration_temperature: float = 1.0
     optimizer: str = "nadam"          # nadam (the seed's), adam, adamw, sgd (Nesterov), rmsprop
     momentum: float = 0.9             # sgd and rmsprop

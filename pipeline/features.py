@@ -73,7 +73,7 @@ PRIOR_CORRECTION_ASSET = "assets.extra/prior_correction.json"
 CALIBRATION_ASSET = "assets.extra/calibration.json"
 # How the served probabilities follow from the network's (both assets state it): the
 # temperature is 1 and the bias 0 when the model has no such asset.
-OUTPUT_RULE = "probabilities = softmax(log(network probabilities) / temperature + log_bias)"
+OUTPUT_RULE = "probabilities = softmax((log(network probabilities) + log_bias) / temperature)"
 
 
 def validate_classes(classes: Sequence[str]) -> Tuple[str, ...]:

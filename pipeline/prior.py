@@ -59,7 +59,7 @@ class OutputRule:
 
     def network(self, served_probabilities: np.ndarray) -> np.ndarray:
         """The network's own probabilities behind served ones (the rule undone)."""
-        return corrected(served_probabilities, -self.temperature * self.log_bias, 1.0 / self.temperature)
+        return corrected(np.power(np.maximum(served_probabilities, 1e-12), self.temperature), -self.log_bias)
 
 
 def applied(model_dir: str, classes: Sequence[str]) -> OutputRule:
@@ -77,8 +77,8 @@ def applied(model_dir: str, classes: Sequence[str]) -> OutputRule:
 
 
 def corrected(probabilities: np.ndarray, bias: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """softmax(log(probabilities) / temperature + bias), row by row (the export's rule)."""
-    logits = np.log(np.maximum(probabilities, 1e-12)) / temperature + bias
+    """softmax((log(probabilities) + bias) / temperature), row by row (the export's rule)."""
+    logits = (np.log(np.maximum(probabilities, 1e-12)) + bias) / temperature
     exp = np.exp(logits - logits.max(axis=1, keepdims=True))
     return exp / exp.sum(axis=1, keepdims=True)
 
@@ -105,8 +105,7 @@ def scan(model_dir: str, data: str, strengths: Sequence[float] = STRENGTHS, per_
         bias = prior_log_bias(counts, strength)
         row = {"strength": strength}
         for name, (truth, probabilities) in splits.items():
-            m = classification_metrics(truth, corrected(probabilities, bias, rule.temperature).argmax(axis=1),
-                                       classes)
+            m = classification_metrics(truth, corrected(probabilities, bias).argmax(axis=1), classes)
             row[name] = {"examples": m["examples"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                          "recall": {c: v["recall"] for c, v in m["per_class"].items()}}
         rows.append(row)

@@ -1,6 +1,7 @@
 """Temperature scaling: the fit on synthetic probabilities of a known temperature, the
 calibration metrics on counted examples, the served rule and its inverse, and the fit on a
 shipped model, whose expected calibration error must be the one its Evaluator measured."""
+import dataclasses
 import json
 import os
 import re
@@ -46,12 +47,15 @@ def test_the_served_rule_is_undone_with_its_temperature_and_bias():
     p = np.asarray([[0.7, 0.2, 0.1], [0.05, 0.05, 0.9]])
     rule = prior.OutputRule(0.5, np.asarray([-0.4, 1.2, 0.3]), [10, 2, 5], temperature=1.7)
     served = rule.served(p)
-    expected = _softmax(np.log(p) / 1.7 + rule.log_bias)
+    expected = _softmax((np.log(p) + rule.log_bias) / 1.7)
     np.testing.assert_allclose(served, expected, rtol=1e-9)
     np.testing.assert_allclose(rule.network(served), p, rtol=1e-9)
-    # A temperature alone never changes the most probable class.
+    # A temperature never changes the most probable class, with or without a bias.
     assert (prior.OutputRule(0.0, np.zeros(3), temperature=3.0).served(p).argmax(axis=1)
             == p.argmax(axis=1)).all()
+    for t in (0.3, 3.0):
+        assert (dataclasses.replace(rule, temperature=t).served(p).argmax(axis=1)
+                == served.argmax(axis=1)).all()
 
 
 def _shipped(name: str) -> str:

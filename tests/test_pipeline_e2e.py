@@ -160,7 +160,7 @@ def test_a_prior_corrected_export_divides_the_probabilities_by_the_prior_to_its_
     with pytest.raises(ValueError, match="needs the training count of each of the 7 classes"):
         export.export_serving_model(network, transform, features.EMOTIONS, str(tmp_path / "x"), 0.5)
 
-    # A calibration temperature divides the log-probabilities before the bias, and is recorded.
+    # A calibration temperature divides the logits (the bias included), and is recorded.
     tempered = export.export_serving_model(network, transform, features.EMOTIONS,
                                            str(tmp_path / "tempered"), 1.0, counts, 2.0)
     assert export.read_calibration_temperature(tempered) == 2.0
@@ -170,8 +170,9 @@ def test_a_prior_corrected_export_divides_the_probabilities_by_the_prior_to_its_
     assert recorded == {"temperature": 2.0, "rule": features.OUTPUT_RULE}
     r = tf.saved_model.load(tempered).signatures[features.PREDICT_IMAGE_SIGNATURE](
         **{features.IMAGES_INPUT: images})[features.PROBABILITIES_OUTPUT].numpy()
-    expected = np.sqrt(p) / prior
+    expected = np.sqrt(p / prior)
     np.testing.assert_allclose(r, expected / expected.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
+    assert (r.argmax(axis=1) == q.argmax(axis=1)).all()
     from pipeline.prior import applied
     rule = applied(tempered, features.EMOTIONS)
     assert rule.temperature == 2.0 and rule.strength == 1.0

@@ -138,10 +138,10 @@ def decision_rule(report: Dict) -> str:
     correction = report.get("prior_correction")
     temperature = report.get("calibration_temperature", 1.0)
     scaled = ("" if temperature == 1.0 else
-              f" The log-probabilities are divided by a calibration temperature of {temperature:g} "
+              f" The logits are divided by a calibration temperature of {temperature:g} before the softmax "
               "(fitted on the validation carve-out, `assets.extra/calibration.json`): the "
               f"{'overconfident' if temperature > 1 else 'underconfident'} network's probabilities are "
-              "brought closer to how often it is right; on its own this never changes the label.")
+              "brought closer to how often it is right; this never changes the label.")
     if not correction:
         return ("Decision rule: `probabilities` are the network's own"
                 + (" up to calibration" if scaled else "")

@@ -16,8 +16,8 @@ the network's probabilities divided by the training class prior to that power an
 renormalised (`recipe.prior_log_bias`), and `assets.extra/prior_correction.json` records
 the strength, the training class counts and the bias
 (`features.PRIOR_CORRECTION_ASSET`). With a calibration temperature T other than 1
-(`TrainingConfig.calibration_temperature`) the log-probabilities are divided by T
-first (temperature scaling) and `assets.extra/calibration.json` records T
+(`TrainingConfig.calibration_temperature`) those logits are then divided by T
+(temperature scaling: the label never changes) and `assets.extra/calibration.json` records T
 (`features.CALIBRATION_ASSET`). Both follow one rule, `features.OUTPUT_RULE`; without
 either the signatures return the network's own probabilities.
 
@@ -64,10 +64,10 @@ class ServingModule(tf.Module):
         transformed = self.tft_layer(raw_features)
         probabilities = self.model(transformed[features.PIXELS_KEY], training=False)
         if self.class_log_bias is not None or self.temperature != 1.0:   # features.OUTPUT_RULE
-            logits = tf.math.log(tf.maximum(probabilities, 1e-12)) / self.temperature
+            logits = tf.math.log(tf.maximum(probabilities, 1e-12))
             if self.class_log_bias is not None:
                 logits += self.class_log_bias
-            probabilities = tf.nn.softmax(logits, axis=-1)
+            probabilities = tf.nn.softmax(logits / self.temperature, axis=-1)
         labels = tf.gather(self.class_names, tf.argmax(probabilities, axis=-1))
         classes = tf.broadcast_to(self.class_names, tf.shape(probabilities))
         return {features.PROBABILITIES_OUTPUT: probabilities, features.LABEL_OUTPUT: labels,
