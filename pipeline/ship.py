@@ -8,7 +8,9 @@ The metrics are computed the way a user would see them: every image of
 `<data>/test/<emotion>/` (FER2013 PublicTest), as its encoded bytes, through the
 model's `predict_image` signature, each face as it is and (flip test-time augmentation)
 averaged with its mirror image. `--result` adds what the standalone trainer recorded
-(recipe, history, training time and machine).
+(recipe, history, training time and machine); given a shipped model's metadata.json
+instead, a re-export of that model's weights (say, with a calibration temperature)
+keeps the record of how they were trained.
 """
 import argparse
 import io
@@ -149,7 +151,9 @@ def ship(pushed: str, name: str, data: str, models_dir: str = "models",
         with open(result) as f:
             trained = json.load(f)
         metadata["recipe"] = trained.get("recipe")
-        metadata["training"] = {k: trained.get(k) for k in (
+        # A shipped model's metadata.json (its network re-exported, e.g. calibrated) keeps
+        # these under "training"; the standalone trainer's result.json at the top.
+        metadata["training"] = {k: (trained.get("training") or trained).get(k) for k in (
             "backend", "parameters", "flops_per_image", "train_examples", "validation_examples",
             "epochs_run", "training_seconds", "seconds_per_epoch", "best_validation_accuracy",
             "machine")}
@@ -235,7 +239,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--name", required=True, help="models/<name>/")
     parser.add_argument("--data", required=True, help="FER2013 folder with test/")
     parser.add_argument("--models-dir", default="models")
-    parser.add_argument("--result", help="the standalone trainer's result.json")
+    parser.add_argument("--result", help="the standalone trainer's result.json (or the metadata.json "
+                                         "of a shipped model whose weights this export carries)")
     parser.add_argument("--notes", default="")
     args = parser.parse_args(argv)
     try:

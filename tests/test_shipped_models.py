@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -175,3 +176,19 @@ def test_weights_taken_back_out_of_a_shipped_model_give_its_served_probabilities
     np.testing.assert_allclose(rule.served(np.asarray(network(x, training=False))), served, atol=1e-5)
     assert saved_weights.main(["--saved-model", path, "--model", "dcnn", "--output", weights]) == 2
     assert "do not fit a 'dcnn' network with 7 classes" in capsys.readouterr().err
+
+
+def test_a_reexported_model_keeps_the_training_record_of_the_metadata_it_is_shipped_with(tmp_path):
+    if not (FER2013 / "test").is_dir():
+        pytest.skip("FER2013 not found")
+    source = REPO / "models" / "fer2013-compact"
+    before = json.load(open(source / ship.METADATA_JSON))
+    pushed = tmp_path / "run" / "serving" / "fer2013-compact" / str(before["version"])
+    shutil.copytree(_version_dir(str(source / ship.METADATA_JSON), before), pushed)
+    after = ship.ship(str(pushed), "fer2013-compact", str(FER2013), str(tmp_path / "models"),
+                      result=str(source / ship.METADATA_JSON), notes="re-exported")
+    for key in ("recipe", "training", "history"):
+        assert after[key] == before[key], key
+    assert after["metrics_publictest"]["accuracy"] == before["metrics_publictest"]["accuracy"]
+    assert after["calibration_temperature"] == before.get("calibration_temperature", 1.0)
+    assert after["notes"] == "re-exported"
