@@ -9,11 +9,11 @@ number T before the softmax; it never changes which emotion is most probable, on
 sure the model says it is. This fits T on the validation carve-out of train/ (the
 standalone trainer's, never trained on) by minimising the negative log-likelihood of the
 served rule (`features.OUTPUT_RULE`, with the model's own prior correction kept), then
-reports the log-likelihood and the expected calibration
-error of the top-1 prediction at T = 1, at the model's current T and at the fitted T, on
-validation and on PublicTest. Export with the fitted T:
-`fer-pipeline run ... --warm-start W --epochs 0 --calibration-temperature T`; the
-Evaluator's audit report then shows the calibrated reliability table.
+reports the log-likelihood and the expected calibration error of the top-1 prediction at
+T = 1, at the model's current T and at the fitted T, on validation and on PublicTest.
+Export with the fitted T: `fer-pipeline run ... --warm-start W --epochs 0
+--calibration-temperature T`; the Evaluator's audit report then shows the calibrated
+reliability table.
 """
 import argparse
 import json
@@ -24,16 +24,11 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from pipeline.prior import applied, corrected, validation_images
-from pipeline.scoring import calibration_metrics
+from pipeline.scoring import calibration_metrics, negative_log_likelihood
 from pipeline.ship import image_probabilities, publictest_probabilities, served_predictor
 
 # The search range of T (golden-section search on log T: the likelihood is unimodal there).
 TEMPERATURE_RANGE = (0.25, 8.0)
-
-
-def negative_log_likelihood(truth: np.ndarray, probabilities: np.ndarray) -> float:
-    likelihood = probabilities[np.arange(len(truth)), truth]
-    return float(-np.mean(np.log(np.maximum(likelihood, 1e-12))))
 
 
 def fit_temperature(truth: np.ndarray, network_probabilities: np.ndarray, log_bias: np.ndarray,

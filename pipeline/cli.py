@@ -87,9 +87,10 @@ def _parser() -> argparse.ArgumentParser:
                         "prior to this power (logit adjustment; 0.5 is a good start with "
                         "--imbalance none): rare emotions predicted more often (default: 0, off)")
     p.add_argument("--calibration-temperature", type=float, metavar="T",
-                   help="export a model whose log-probabilities are divided by T (temperature "
-                        "scaling; fit T with python -m pipeline.calibration): > 1 tempers an "
-                        "overconfident network (default: 1, off)")
+                   help="export a model whose logits (log-probabilities plus the prior "
+                        "correction) are divided by T (temperature scaling; fit T with python -m "
+                        "pipeline.calibration): > 1 tempers an overconfident network, labels never "
+                        "change (default: 1, off)")
     p.add_argument("--training-config",
                    help="YAML or JSON file overriding the training recipe (keys of "
                         "pipeline.config.TrainingConfig); the flags below override it in turn")

@@ -48,9 +48,13 @@ def calibration_metrics(truth: np.ndarray, probabilities: np.ndarray, bins: int 
     which = np.minimum((confidence * bins).astype(int), bins - 1)
     gap = sum(abs(np.mean(predicted[which == b] == truth[which == b]) - np.mean(confidence[which == b]))
               * np.sum(which == b) for b in range(bins) if np.any(which == b))
-    likelihood = probabilities[np.arange(len(truth)), truth]
-    return {"examples": int(len(truth)),
-            "nll": round(float(-np.mean(np.log(np.maximum(likelihood, 1e-12)))), 4),
+    return {"examples": int(len(truth)), "nll": round(negative_log_likelihood(truth, probabilities), 4),
             "ece": round(float(gap / max(len(truth), 1)), 4),
             "mean_confidence": round(float(np.mean(confidence)), 4),
             "accuracy": round(float(np.mean(predicted == truth)), 4)}
+
+
+def negative_log_likelihood(truth: np.ndarray, probabilities: np.ndarray) -> float:
+    """The mean of -log(probability of the true class)."""
+    likelihood = np.asarray(probabilities)[np.arange(len(truth)), np.asarray(truth)]
+    return float(-np.mean(np.log(np.maximum(likelihood, 1e-12))))
