@@ -97,6 +97,13 @@ def make_eval_config(classes: Sequence[str], gates: EvaluationConfig,
 # Reading the Evaluator's output
 # ----------------------------------------------------------------------------
 
+def _is_baseline(key) -> bool:
+    """A metric or plot key of the regression baseline: with a blessed model to compare
+    against, TFMA evaluates both and names them; every number reported here is the
+    candidate's."""
+    return key.model_name == tfma.BASELINE_KEY
+
+
 def _slice_name(slice_key) -> str:
     parts = [f"{c.column}={c.bytes_value.decode() or c.int64_value}" for c in slice_key.single_slice_keys]
     return ", ".join(parts) or "overall"
@@ -109,7 +116,7 @@ def evaluation_metrics(evaluation_uri: str, classes: List[str]) -> Dict[str, Dic
         name = _slice_name(per_slice.slice_key)
         for item in per_slice.metric_keys_and_values:
             key, value = item.key, item.value
-            if key.is_diff or not value.HasField("double_value"):
+            if key.is_diff or _is_baseline(key) or not value.HasField("double_value"):
                 continue
             metric = key.name
             if key.aggregation_type.macro_average:
@@ -130,6 +137,8 @@ def confusion_matrix(evaluation_uri: str, num_classes: int) -> List[List[int]]:
         if per_slice.slice_key.single_slice_keys:
             continue
         for item in per_slice.plot_keys_and_values:
+            if _is_baseline(item.key):
+                continue
             for thresholds in item.value.multi_class_confusion_matrix_at_thresholds.matrices:
                 for entry in thresholds.entries:
                     if 0 <= entry.predicted_class_id < num_classes:
@@ -145,7 +154,7 @@ def calibration(evaluation_uri: str) -> Dict[str, Dict]:
     result = {}
     for per_slice in tfma.load_plots(evaluation_uri):
         for item in per_slice.plot_keys_and_values:
-            if not item.key.sub_key.HasField("k"):
+            if not item.key.sub_key.HasField("k") or _is_baseline(item.key):
                 continue
             bins, total, gap = [], 0.0, 0.0
             for bucket in item.value.calibration_histogram_buckets.buckets:

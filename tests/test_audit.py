@@ -14,7 +14,8 @@ from components.audit import audit
 from components.data_validation.component import curated_schema
 from pipeline import features
 from pipeline.config import EvaluationConfig
-from pipeline.evaluation import calibration, evaluation_metrics, make_eval_config, validation_failures
+from pipeline.evaluation import (calibration, confusion_matrix, evaluation_metrics, make_eval_config,
+                                 validation_failures)
 from pipeline.run import SCHEMA_FILE
 from tests.conftest import SMOKE_ANNOTATIONS, fer_pipeline, run_smoke
 
@@ -144,6 +145,46 @@ def test_a_model_worse_on_one_annotated_group_is_not_blessed_naming_the_slice(sm
     assert not report["blessed"]
     [failure] = report["gates"][1]["why"]
     assert failure.startswith("fairness: accuracy on gender=female is 0.0000 (n=")
+
+
+def test_with_a_regression_baseline_every_number_read_back_is_the_candidates(smoke, tmp_path):
+    """A second run evaluates its model against the last blessed one: TFMA then writes both
+    models' metrics and plots. The readers must report the candidate's alone (they once
+    mixed in the baseline's: its accuracy and calibration, and twice the confusion counts)."""
+    output, _, _ = smoke
+    [split] = glob.glob(os.path.join(output, "tfx", "Fer2013ExampleGen", "examples", "*", "Split-eval"))
+    paths = {}
+    for name, bad_value in ((tfma.CANDIDATE_KEY, "female"), (tfma.BASELINE_KEY, "male")):
+        model = Saboteur(features.EMOTIONS, "gender", bad_value)
+        paths[name] = str(tmp_path / name)
+        tf.saved_model.save(model, paths[name], signatures={
+            features.SERVING_DEFAULT_SIGNATURE: model.serve.get_concrete_function(),
+            features.TRANSFORM_FEATURES_SIGNATURE: model.transform.get_concrete_function()})
+    config = make_eval_config(features.EMOTIONS, EvaluationConfig(min_accuracy=0.0), ["gender"])
+    [spec] = config.model_specs
+    spec.name = tfma.CANDIDATE_KEY
+    baseline = config.model_specs.add()
+    baseline.CopyFrom(spec)
+    baseline.name, baseline.is_baseline = tfma.BASELINE_KEY, True
+    evaluation = str(tmp_path / "evaluation")
+    tfma.run_model_analysis(
+        eval_shared_model=[tfma.default_eval_shared_model(p, model_name=n, eval_config=config)
+                           for n, p in paths.items()],
+        eval_config=config, data_location=os.path.join(split, "*"), output_path=evaluation,
+        schema=curated_schema(SCHEMA_FILE, features.EMOTIONS, ["gender"]))
+    names = {item.key.model_name for per_slice in tfma.load_metrics(evaluation)
+             for item in per_slice.metric_keys_and_values}
+    assert names == {tfma.CANDIDATE_KEY, tfma.BASELINE_KEY}   # both are in the output
+    metrics = evaluation_metrics(evaluation, list(features.EMOTIONS))
+    assert metrics["gender=female"]["sparse_categorical_accuracy"] == 0.0   # the candidate's, not
+    assert metrics["gender=male"]["sparse_categorical_accuracy"] == 1.0     # the baseline's
+    reliability = calibration(evaluation)
+    assert reliability["gender=male"]["ece"] == 0.0 and reliability["gender=female"]["ece"] == 1.0
+    matrix = confusion_matrix(evaluation, len(features.EMOTIONS))
+    assert sum(map(sum, matrix)) == metrics["overall"]["example_count"]
+    right = sum(matrix[i][i] for i in range(len(features.EMOTIONS)))
+    assert right / metrics["overall"]["example_count"] == pytest.approx(
+        metrics["overall"]["sparse_categorical_accuracy"], abs=1e-4)
 
 
 def test_every_run_writes_an_audit_report_and_model_card_beside_the_pushed_model(smoke):
