@@ -126,8 +126,9 @@ class TrainingConfig(_DictMixin):
     # logits (the log of the network's probabilities plus the prior correction's bias) by
     # this temperature, so an overconfident network (> 1) or an underconfident one (< 1)
     # serves probabilities that match how often it is right. It never changes which class
-    # is most probable. 1 = off. Fit it on the validation carve-out: `python -m
-    # pipeline.calibration`.
+    # is most probable. 1 = off; 0 = the Trainer fits it on its validation carve-out
+    # (least negative log-likelihood) before it exports. `python -m pipeline.calibration`
+    # fits and scores it for any served model.
     calibration_temperature: float = 1.0
     optimizer: str = "nadam"          # nadam (the seed's), adam, adamw, sgd (Nesterov), rmsprop
     momentum: float = 0.9             # sgd and rmsprop
@@ -186,8 +187,8 @@ class TrainingConfig(_DictMixin):
             raise ValueError("validation_fraction must be in (0, 0.5)")
         if not 0.0 <= self.prior_correction <= 2.0:
             raise ValueError(f"prior_correction must be in [0, 2], got {self.prior_correction}")
-        if not 0.05 <= self.calibration_temperature <= 20.0:
-            raise ValueError("calibration_temperature must be in [0.05, 20], got "
+        if not (self.calibration_temperature == 0.0 or 0.05 <= self.calibration_temperature <= 20.0):
+            raise ValueError("calibration_temperature must be 0 (fit it) or in [0.05, 20], got "
                              f"{self.calibration_temperature}")
 
 

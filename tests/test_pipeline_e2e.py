@@ -3,6 +3,7 @@ and the exported SavedModel's signatures. The smoke profile keeps each run to mi
 import glob
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -105,7 +106,8 @@ def test_run_fn_trains_a_few_steps_and_exports_all_signatures(smoke, tmp_path):
     transform_graph = sorted(glob.glob(os.path.join(output, "tfx", "Transform", "transform_graph", "*")))[-1]
     examples = sorted(glob.glob(os.path.join(output, "tfx", "Transform", "transformed_examples", "*")))[-1]
     training = profile_configs("smoke", "dcnn", features.EMOTIONS).training
-    config = dict(training.to_dict(), epochs=1, batch_size=16, imbalance="none", prior_correction=0.5)
+    config = dict(training.to_dict(), epochs=1, batch_size=16, imbalance="none", prior_correction=0.5,
+                  calibration_temperature=0.0)
     serving_dir = tmp_path / "serving_model"
     run_fn(FnArgs(train_files=[os.path.join(examples, "Split-train", "*")],
                   transform_output=transform_graph, serving_model_dir=str(serving_dir),
@@ -121,6 +123,12 @@ def test_run_fn_trains_a_few_steps_and_exports_all_signatures(smoke, tmp_path):
     np.testing.assert_allclose(
         [correction["log_bias"][e] for e in features.EMOTIONS],
         prior_log_bias([balance["train_counts"][e] for e in features.EMOTIONS], 0.5), atol=1e-4)
+    # calibration_temperature 0: the Trainer fitted one on its validation carve-out.
+    calibration = json.loads((serving_dir / features.CALIBRATION_ASSET).read_text())
+    assert 0.25 <= calibration["temperature"] <= 8.0 and calibration["temperature"] != 1.0
+    assert calibration["temperature"] == balance["calibration_temperature"]
+    faces = int(re.search(r"\((\d+) faces\)", calibration["fitted_on"]).group(1))
+    assert "validation carve-out" in calibration["fitted_on"] and 0 < faces < sum(correction["train_counts"].values())
     model = tf.saved_model.load(str(serving_dir))
     assert set(model.signatures) == {features.SERVING_DEFAULT_SIGNATURE, features.PREDICT_IMAGE_SIGNATURE,
                                      features.TRANSFORM_FEATURES_SIGNATURE}

@@ -389,7 +389,8 @@ def _assert_subset_model(summary):
     (["--label-smoothing", "1.5"], None, "label_smoothing must be in [0, 1)"),
     ([], "optimiser: sgd\n", "unknown training key(s) ['optimiser']"),
     (["--prior-correction", "-1"], None, "prior_correction must be in [0, 2], got -1.0"),
-    (["--calibration-temperature", "0"], None, "calibration_temperature must be in [0.05, 20], got 0.0"),
+    (["--calibration-temperature", "0.01"], None,
+     "calibration_temperature must be 0 (fit it) or in [0.05, 20], got 0.01"),
 ])
 def test_bad_training_settings_give_one_line_and_exit_2(extra, config_text, message, tmp_path, capsys,
                                                         monkeypatch):

@@ -28,7 +28,7 @@ loads a version, so the first user request does not pay for graph tracing.
 import io
 import json
 import os
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -93,12 +93,26 @@ class ServingModule(tf.Module):
         }
 
 
+def fitted_temperature(model: keras.Model, validation: tf.data.Dataset, log_bias: np.ndarray) -> Tuple[float, int]:
+    """(the calibration temperature that minimises the negative log-likelihood of the served
+    rule on `validation`, batches of (pixels, one-hot labels); how many faces it saw)."""
+    from pipeline.calibration import fit_temperature
+
+    truth, probabilities = [], []
+    for pixels, labels in validation:
+        probabilities.append(np.asarray(model(pixels, training=False)))
+        truth.append(np.argmax(np.asarray(labels), axis=-1))
+    truth = np.concatenate(truth)
+    return round(fit_temperature(truth, np.concatenate(probabilities), log_bias), 3), len(truth)
+
+
 def export_serving_model(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
                          classes: Sequence[str], export_dir: str, prior_correction: float = 0.0,
                          class_counts: Optional[Sequence[int]] = None,
-                         calibration_temperature: float = 1.0) -> str:
+                         calibration_temperature: float = 1.0, fitted_on: str = "") -> str:
     """Writes the SavedModel to `export_dir` and returns it. `prior_correction` > 0 needs
-    the training data's `class_counts` (in the order of `classes`)."""
+    the training data's `class_counts` (in the order of `classes`); `fitted_on` says where
+    the calibration temperature was fitted (recorded beside it)."""
     from components.trainer.recipe import prior_log_bias
 
     bias = None
@@ -119,8 +133,9 @@ def export_serving_model(model: keras.Model, tf_transform_output: tft.TFTransfor
             "log_bias": {c: round(float(b), 4) for c, b in zip(classes, bias)},
             "rule": features.OUTPUT_RULE})
     if calibration_temperature != 1.0:
-        _write_asset(export_dir, features.CALIBRATION_ASSET, {
-            "temperature": calibration_temperature, "rule": features.OUTPUT_RULE})
+        _write_asset(export_dir, features.CALIBRATION_ASSET, dict(
+            {"temperature": calibration_temperature, "rule": features.OUTPUT_RULE},
+            **({"fitted_on": fitted_on} if fitted_on else {})))
     return export_dir
 
 

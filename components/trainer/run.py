@@ -53,15 +53,22 @@ def run_fn(fn_args: FnArgs) -> None:
         logging.warning("prior_correction %s on top of imbalance=%s corrects for the class prior "
                         "twice; it is meant for imbalance='none'", config.prior_correction,
                         config.imbalance)
+    temperature, fitted_on = config.calibration_temperature, ""
+    if temperature == 0:   # fit it on the validation carve-out, with the prior correction in place
+        temperature, faces = export.fitted_temperature(
+            network, validation_ds, recipe.prior_log_bias(counts, config.prior_correction))
+        fitted_on = f"the Trainer's validation carve-out of train ({faces} faces), least NLL"
+        logging.info("Calibration temperature %s fitted on %d validation faces", temperature, faces)
     export.export_serving_model(network, tf_transform_output, config.classes,
                                 fn_args.serving_model_dir, config.prior_correction, counts.tolist(),
-                                config.calibration_temperature)
+                                temperature, fitted_on)
     with open(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
         json.dump(history, f, indent=1)
     with open(os.path.join(fn_args.model_run_dir, "training_config.json"), "w") as f:
         json.dump(config.to_dict(), f, indent=1)
     with open(os.path.join(fn_args.model_run_dir, "class_balance.json"), "w") as f:
         json.dump({"imbalance": config.imbalance, "prior_correction": config.prior_correction,
+                   "calibration_temperature": temperature,
                    "train_counts": dict(zip(config.classes, counts.tolist())),
                    "class_weights": None if class_weight is None else
                    {config.classes[c]: round(w, 4) for c, w in class_weight.items()}}, f, indent=1)
