@@ -23,9 +23,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from pipeline.prior import applied, corrected, validation_images
+from pipeline.prior import corrected, network_probabilities
 from pipeline.scoring import calibration_metrics, negative_log_likelihood
-from pipeline.ship import image_probabilities, publictest_probabilities, served_predictor
 
 # The search range of T (golden-section search on log T: the likelihood is unimodal there).
 TEMPERATURE_RANGE = (0.25, 8.0)
@@ -60,16 +59,7 @@ def fit(model_dir: str, data: str, per_class: int = 0) -> Dict:
     {validation, publictest: {"temperature_1", "served", "fitted": calibration_metrics}}}:
     each split scored at T = 1, at the model's own T and at the fitted T (the model's
     prior correction applied in each)."""
-    from serving.photos import resolve_model_dir
-
-    model_dir = resolve_model_dir(model_dir)
-    predictor = served_predictor(model_dir)
-    classes = predictor[1]
-    rule = applied(model_dir, classes)
-    held_out, _ = validation_images(data, classes)
-    splits = {"validation": image_probabilities(predictor, held_out, per_class=per_class),
-              "publictest": publictest_probabilities(predictor, data, per_class=per_class)}
-    splits = {k: (y, rule.network(p)) for k, (y, p) in splits.items()}
+    model_dir, classes, rule, _, splits = network_probabilities(model_dir, data, per_class)
     truth, network = splits["validation"]
     temperature = round(fit_temperature(truth, network, rule.log_bias), 3)
     report = {"model": model_dir, "classes": classes, "applied_temperature": rule.temperature,

@@ -17,9 +17,6 @@ OVERALL = tfma.SlicingSpec()
 BY_EMOTION = tfma.SlicingSpec(feature_keys=[features.LABEL_NAME_KEY])
 # Proxy slices computed from the image: NOT demographics (say so wherever they are shown).
 PROXY_SLICE_KEYS = (features.BRIGHTNESS_BAND_KEY, features.CONTRAST_BAND_KEY)
-# Reliability diagram of the top-1 prediction (confidence vs. accuracy), from which the
-# expected calibration error is computed; the same bins as `scoring.calibration_metrics`.
-CALIBRATION_BUCKETS = CALIBRATION_BINS
 # Fairness Indicators (installed with --no-deps: its declared pins clash with tfx 1.16's).
 FAIRNESS_INDICATORS_MODULE = "fairness_indicators.fairness_indicators_metrics"
 FAIRNESS_THRESHOLD = 0.5
@@ -83,7 +80,7 @@ def make_eval_config(classes: Sequence[str], gates: EvaluationConfig,
             tfma.MetricsSpec(
                 binarize=tfma.BinarizationOptions(k_list={"values": [1]}),
                 metrics=[tfma.MetricConfig(class_name="CalibrationPlot",
-                                           config=json.dumps({"num_buckets": CALIBRATION_BUCKETS})),
+                                           config=json.dumps({"num_buckets": CALIBRATION_BINS})),
                          tfma.MetricConfig(class_name="Calibration")]),
         ] + ([tfma.MetricsSpec(
             binarize=tfma.BinarizationOptions(class_ids={"values": class_ids}),

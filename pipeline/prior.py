@@ -83,9 +83,12 @@ def corrected(probabilities: np.ndarray, bias: np.ndarray, temperature: float = 
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def scan(model_dir: str, data: str, strengths: Sequence[float] = STRENGTHS, per_class: int = 0) -> Dict:
-    """{"classes", "train_counts", "strengths": [{strength, validation, publictest}], "recommended"}."""
-    from components.trainer.recipe import prior_log_bias
+def network_probabilities(model_dir: str, data: str, per_class: int = 0):
+    """(version directory, classes, the `OutputRule` it was exported with, training count
+    per class of the validation split, {"validation", "publictest": (true class ids, the
+    network's own probabilities)}) of a served model (a version directory or its parent):
+    its probabilities on the validation carve-out of train/ and on PublicTest, the
+    export's rule undone."""
     from serving.photos import resolve_model_dir
 
     model_dir = resolve_model_dir(model_dir)
@@ -93,13 +96,20 @@ def scan(model_dir: str, data: str, strengths: Sequence[float] = STRENGTHS, per_
     classes = predictor[1]
     rule = applied(model_dir, classes)
     held_out, counts = validation_images(data, classes)
+    splits = {"validation": image_probabilities(predictor, held_out, per_class=per_class),
+              "publictest": publictest_probabilities(predictor, data, per_class=per_class)}
+    return model_dir, classes, rule, counts, {k: (y, rule.network(p)) for k, (y, p) in splits.items()}
+
+
+def scan(model_dir: str, data: str, strengths: Sequence[float] = STRENGTHS, per_class: int = 0) -> Dict:
+    """{"classes", "train_counts", "strengths": [{strength, validation, publictest}], "recommended"}."""
+    from components.trainer.recipe import prior_log_bias
+
+    model_dir, classes, rule, counts, splits = network_probabilities(model_dir, data, per_class)
     # The counts the export used (the Trainer's carve-out, which differs from the
     # standalone trainer's by a few faces per class) where it recorded them, so the
     # exported strength scores exactly the served decisions.
     counts = rule.counts or counts
-    splits = {"validation": image_probabilities(predictor, held_out, per_class=per_class),
-              "publictest": publictest_probabilities(predictor, data, per_class=per_class)}
-    splits = {k: (y, rule.network(p)) for k, (y, p) in splits.items()}
     rows = []
     for strength in strengths:
         bias = prior_log_bias(counts, strength)
