@@ -4,7 +4,8 @@ Everything that names an emotion, a tf.Example feature, a transformed feature,
 a serving signature or one of its tensors imports it from here: ingestion,
 Transform, the Trainer, TFMA configuration, serving clients and tests.
 """
-from typing import Sequence, Tuple
+import hashlib
+from typing import List, Sequence, Tuple
 
 # FER2013 emotions in the order of the integer codes of the original CSV
 # release (fer2013.csv column `emotion`: 0 angry ... 6 neutral).
@@ -74,6 +75,26 @@ CALIBRATION_ASSET = "assets.extra/calibration.json"
 # How the served probabilities follow from the network's (both assets state it): the
 # temperature is 1 and the bias 0 when the model has no such asset.
 OUTPUT_RULE = "probabilities = softmax((log(network probabilities) + log_bias) / temperature)"
+
+# The validation carve-out: early-stopping data taken out of train by an MD5 bucket of
+# each face's id and emotion. The Trainer and the standalone trainer carve out the same
+# faces, so weights trained by one are never validated (or calibrated) by the other on
+# faces they were trained on.
+CARVE_OUT_BUCKETS = 1000
+
+
+def carve_out_key(image_id: str, emotion: str) -> str:
+    """The string the carve-out hashes: the id with '-<emotion>' appended (an id that
+    ingestion already made unique that way is kept as it is)."""
+    suffix = f"-{emotion}"
+    return image_id if image_id.endswith(suffix) else image_id + suffix
+
+
+def in_carve_out(keys: Sequence[str], fraction: float) -> List[bool]:
+    """For each `carve_out_key`: whether its face belongs to the validation carve-out
+    (its MD5 falls in the first `fraction` of CARVE_OUT_BUCKETS buckets)."""
+    limit = int(round(fraction * CARVE_OUT_BUCKETS))
+    return [int(hashlib.md5(k.encode()).hexdigest()[:8], 16) % CARVE_OUT_BUCKETS < limit for k in keys]
 
 
 def validate_classes(classes: Sequence[str]) -> Tuple[str, ...]:

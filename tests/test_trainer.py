@@ -624,3 +624,29 @@ def test_checkpoint_key_follows_random_erasing_only_when_it_is_on(tmp_path):
     assert on != off and key(random_erasing=0.25) not in (on, off)
     with open(os.path.join(on, recipe._CONFIG_JSON)) as f:
         assert json.load(f)["recipe"]["random_erasing"] == 0.5
+
+
+def test_the_trainer_holds_out_exactly_the_faces_the_standalone_trainer_holds_out():
+    """Weights from the standalone trainer are warm-started, fine-tuned and calibrated in the
+    Trainer: both must validate on the same faces, or the Trainer's validation (and the
+    temperature it fits) would use faces the weights were trained on. On the whole real
+    train/ folder, with ids as ingestion assigns them (two file names repeat there)."""
+    from components.example_gen import fer2013 as ingestion
+    from components.trainer import data
+
+    refs = [r for r in ingestion.enumerate_split(str(FER2013), "folder", "train", features.EMOTIONS)
+            if r.label_name]
+    assert len({r.image_id for r in refs}) == len(refs) > len({os.path.basename(r.source) for r in refs})
+    pairs = tf.data.Dataset.from_tensor_slices(
+        ([r.image_id for r in refs], [features.EMOTIONS.index(r.label_name) for r in refs]))
+    in_trainer = np.fromiter(pairs.map(lambda i, c: data.is_validation(i, c, features.EMOTIONS, 0.1))
+                             .as_numpy_iterator(), dtype=bool)
+    keys = [standalone.image_id(r.source, r.label_name) for r in refs]
+    assert [features.carve_out_key(r.image_id, r.label_name) for r in refs] == keys
+    assert np.array_equal(in_trainer, standalone.is_validation(keys, 0.1))
+    # ~10% of the 28,709 training faces, per class too
+    assert in_trainer.sum() == 2919
+    labels = np.array([r.label_name for r in refs])
+    for emotion in features.EMOTIONS:
+        share = in_trainer[labels == emotion].mean()
+        assert 0.07 < share < 0.13, (emotion, share)

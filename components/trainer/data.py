@@ -1,8 +1,10 @@
 """tf.data input for the Trainer: transformed examples -> (pixels, one-hot label) batches.
 
 Validation data is carved out of the train split deterministically: an example
-is held out when a fingerprint of its `image_id` falls in the first
-`validation_fraction` of 1000 buckets. The eval split (PublicTest) is never
+is held out when the MD5 of its `image_id` and emotion falls in the first
+`validation_fraction` of 1000 buckets (`features.in_carve_out`: the same faces the
+standalone trainer holds out, so its weights can be warm-started, fine-tuned and
+calibrated here without validating on faces they were trained on). The eval split (PublicTest) is never
 used for training decisions inside the Trainer: it is the Evaluator's.
 
 Class imbalance: the class counts of the training examples (the carve-out
@@ -14,7 +16,7 @@ is drawn from the seed and the epoch number alone, so a training resumed at epoc
 from its checkpoint sees the order an uninterrupted one would have had at epoch k, not
 the first epochs' orders again.
 """
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -23,7 +25,7 @@ import tensorflow_transform as tft
 from components.trainer import recipe
 from pipeline import features
 
-_BUCKETS = 1000
+_HELD_OUT = "_held_out"   # the carve-out flag, computed once per example and cached
 _SEEDS_PER_EPOCH = 1_000_003   # a prime: (seed, epoch) pairs give distinct shuffle seeds
 
 
@@ -41,10 +43,17 @@ class EpochNumber(recipe.ByEpoch):
         self.variable.assign(epoch)
 
 
-def is_validation(image_ids: tf.Tensor, validation_fraction: float) -> tf.Tensor:
-    """Boolean mask: which examples belong to the validation carve-out."""
-    bucket = tf.strings.to_hash_bucket_fast(image_ids, _BUCKETS)
-    return bucket < int(round(validation_fraction * _BUCKETS))
+def is_validation(image_id: tf.Tensor, class_id: tf.Tensor, classes: Sequence[str],
+                  validation_fraction: float) -> tf.Tensor:
+    """Whether one example (its scalar id and class id, an index into `classes`) belongs
+    to the validation carve-out: `features.in_carve_out`, the standalone trainer's faces."""
+    def flag(image_id: bytes, class_id: np.int64) -> bool:
+        emotion = classes[class_id] if 0 <= class_id < len(classes) else "unknown"
+        key = features.carve_out_key(image_id.decode("utf-8"), emotion)
+        return np.bool_(features.in_carve_out([key], validation_fraction)[0])
+
+    held_out = tf.numpy_function(flag, [image_id, class_id], tf.bool, stateful=False)
+    return tf.ensure_shape(held_out, [])
 
 
 def _parsed(file_patterns: List[str], tf_transform_output: tft.TFTransformOutput) -> tf.data.Dataset:
@@ -96,21 +105,28 @@ def training_order(examples: tf.data.Dataset, counts: np.ndarray, seed: int, imb
 
 
 def make_datasets(file_pattern: List[str], tf_transform_output: tft.TFTransformOutput,
-                  num_classes: int, batch_size: int, validation_fraction: float,
+                  classes: Sequence[str], batch_size: int, validation_fraction: float,
                   seed: int = 42, imbalance: str = "none", epoch: Optional[tf.Variable] = None
                   ) -> Tuple[tf.data.Dataset, tf.data.Dataset, np.ndarray]:
     """(train, validation, train class counts): datasets of (pixels [B,48,48,1], one-hot
     labels [B,C]). imbalance='oversample' draws every class of train equally often;
     `epoch` (`EpochNumber().variable`, updated by that callback during the fit): see
     `training_order`."""
-    parsed = _parsed(file_pattern, tf_transform_output).cache()
+    num_classes = len(classes)
+
+    def flagged(example):
+        return {**example, _HELD_OUT: is_validation(example[features.IMAGE_ID_KEY],
+                                                     example[features.CLASS_ID_KEY], classes,
+                                                     validation_fraction)}
+
+    parsed = _parsed(file_pattern, tf_transform_output).map(flagged).cache()
 
     def to_xy(example):
         return (example[features.PIXELS_KEY],
                 tf.one_hot(example[features.CLASS_ID_KEY], num_classes))
 
     def held_out(example):
-        return is_validation(example[features.IMAGE_ID_KEY], validation_fraction)
+        return example[_HELD_OUT]
 
     train_examples = parsed.filter(lambda e: tf.logical_not(held_out(e)))
     counts = class_counts(train_examples, num_classes)

@@ -30,7 +30,7 @@ def run_fn(fn_args: FnArgs) -> None:
     strategy = training.distribution_strategy()
     epoch = data.EpochNumber()   # each epoch's data order from the seed and its number
     train_ds, validation_ds, counts = data.make_datasets(
-        fn_args.train_files, tf_transform_output, len(config.classes),
+        fn_args.train_files, tf_transform_output, config.classes,
         config.batch_size * strategy.num_replicas_in_sync, config.validation_fraction, config.seed,
         imbalance=config.imbalance, epoch=epoch.variable)
     class_weight = recipe.class_weight_for(config, counts)

@@ -24,12 +24,12 @@ teacher's probabilities over each face and its mirror image. An ensemble can tea
 their probabilities). A shipped model can teach:
 `python -m components.trainer.saved_weights` takes its weights out of the SavedModel.
 
-Validation data is carved from train/ by a hash of the file name (the same fraction as
-the Trainer's, a different hash); test/ (PublicTest) is only evaluated, never trained on.
+Validation data is carved from train/ by a hash of the file name and emotion: the same
+faces as the Trainer's carve-out (`features.in_carve_out`); test/ (PublicTest) is only
+evaluated, never trained on.
 """
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -103,14 +103,13 @@ def load_split(root: str, split: str, classes: Sequence[str],
 
 
 def image_id(path: str, emotion: str) -> str:
-    """The id the validation carve-out hashes: file name without suffix, then the emotion."""
-    return f"{os.path.splitext(os.path.basename(path))[0]}-{emotion}"
+    """The key the validation carve-out hashes: file name without suffix, then the emotion."""
+    return features.carve_out_key(os.path.splitext(os.path.basename(path))[0], emotion)
 
 
 def is_validation(image_ids: Sequence[str], fraction: float) -> np.ndarray:
-    """Deterministic carve-out: the ids whose MD5 falls in the first `fraction` of 1000 buckets."""
-    buckets = [int(hashlib.md5(i.encode()).hexdigest()[:8], 16) % 1000 for i in image_ids]
-    return np.asarray(buckets) < int(round(fraction * 1000))
+    """Deterministic carve-out (`features.in_carve_out`), the Trainer's faces."""
+    return np.asarray(features.in_carve_out(image_ids, fraction), dtype=bool)
 
 
 def evaluate(network: keras.Model, x: np.ndarray, y: np.ndarray, classes: Sequence[str],

@@ -52,7 +52,7 @@ def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
     tuning = TuningConfig.from_dict(fn_args.custom_config["tuning"])
     train, validation, counts = data.make_datasets(
         fn_args.train_files, tft.TFTransformOutput(fn_args.transform_graph_path),
-        len(config.classes), 1, config.validation_fraction, config.seed, imbalance=config.imbalance)
+        config.classes, 1, config.validation_fraction, config.seed, imbalance=config.imbalance)
     tuner = keras_tuner.RandomSearch(
         FerHyperModel(config, tuning), objective=keras_tuner.Objective("val_accuracy", "max"),
         max_trials=tuning.max_trials, seed=config.seed, directory=fn_args.working_dir,
