@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="export a model whose logits (log-probabilities plus the prior "
                         "correction) are divided by T (temperature scaling; fit T with python -m "
                         "pipeline.calibration): > 1 tempers an overconfident network, labels never "
-                        "change; 0: the Trainer fits T on its validation carve-out (default: 1, off)")
+                        "change; 0: the Trainer fits T on its validation carve-out (the full profile's "
+                        "default; the smoke profile's: 1, off)")
     p.add_argument("--training-config",
                    help="YAML or JSON file overriding the training recipe (keys of "
                         "pipeline.config.TrainingConfig); the flags below override it in turn")

@@ -330,7 +330,9 @@ def profile_configs(profile: str, model: str, classes: Tuple[str, ...],
                                       fairness_min_examples=1)
     elif profile == "full":
         sample = ()
-        training = TrainingConfig(model=model, classes=classes)
+        # Served probabilities calibrated: the Trainer fits the temperature on its
+        # validation carve-out (it never changes a label; --calibration-temperature 1 = off).
+        training = TrainingConfig(model=model, classes=classes, calibration_temperature=0.0)
         evaluation = EvaluationConfig()
     else:
         raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")

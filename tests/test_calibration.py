@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from pipeline import calibration, prior, ship
+from pipeline import calibration, features, prior, ship
 from pipeline.scoring import calibration_metrics
 from tests.conftest import FER2013, REPO
 
@@ -94,3 +94,10 @@ def test_the_fit_refuses_a_folder_without_a_model_in_one_line(tmp_path, capsys):
     assert calibration.main(["--data", str(FER2013), "--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_the_full_profile_has_the_trainer_fit_the_temperature_and_the_smoke_profile_does_not():
+    from pipeline.config import profile_configs
+
+    assert profile_configs("full", "dcnn", features.EMOTIONS).training.calibration_temperature == 0.0
+    assert profile_configs("smoke", "dcnn", features.EMOTIONS).training.calibration_temperature == 1.0
