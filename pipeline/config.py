@@ -18,7 +18,7 @@ OPTIMIZERS = ("nadam", "adam", "adamw", "sgd", "rmsprop")
 # from its starting value to zero over each training phase.
 LR_SCHEDULES = ("plateau", "cosine")
 # The model registry's names (components/trainer/model.py BUILDERS; a test keeps them equal).
-MODELS = ("dcnn", "vggnet", "resnet18", "compact", "vgg16", "resnet50")
+MODELS = ("dcnn", "vggnet", "resnet18", "compact", "compact_resnet", "vgg16", "resnet50")
 TRANSFER_MODELS = ("vgg16", "resnet50")
 
 
