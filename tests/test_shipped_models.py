@@ -158,12 +158,13 @@ def test_weights_taken_back_out_of_a_shipped_model_give_its_served_probabilities
 
     if not (FER2013 / "test").is_dir():
         pytest.skip("FER2013 not found")
-    path = _version_dir(str(REPO / "models" / "fer2013-compact" / ship.METADATA_JSON),
-                        json.load(open(REPO / "models" / "fer2013-compact" / ship.METADATA_JSON)))
+    metadata = json.load(open(REPO / "models" / "fer2013-compact" / ship.METADATA_JSON))
+    path = _version_dir(str(REPO / "models" / "fer2013-compact" / ship.METADATA_JSON), metadata)
+    name, parameters = metadata["recipe"]["model"], metadata["training"]["parameters"]
     weights = str(tmp_path / "compact.weights.h5")
-    assert saved_weights.main(["--saved-model", path, "--model", "compact", "--output", weights]) == 0
-    assert "compact, 7 classes, 58,423 parameters" in capsys.readouterr().out
-    network = model_lib.build("compact", 7)
+    assert saved_weights.main(["--saved-model", path, "--model", name, "--output", weights]) == 0
+    assert f"{name}, 7 classes, {parameters:,} parameters" in capsys.readouterr().out
+    network = model_lib.build(name, 7)
     network.load_weights(weights)
     x, _, _ = standalone.load_split(str(FER2013), "test", features.EMOTIONS, per_class=2)
     pngs = [tf.io.encode_png(tf.constant(np.round(face * 255).astype(np.uint8))).numpy() for face in x]
