@@ -106,8 +106,8 @@ def scan(model_dir: str, data: str, strengths: Sequence[float] = STRENGTHS, per_
     from components.trainer.recipe import prior_log_bias
 
     model_dir, classes, rule, counts, splits = network_probabilities(model_dir, data, per_class)
-    # The counts the export used (the Trainer's carve-out, which differs from the
-    # standalone trainer's by a few faces per class) where it recorded them, so the
+    # The counts the export used where it recorded them (exports before 2026-12-05 used
+    # the Trainer's earlier carve-out, a few faces per class off this one), so the
     # exported strength scores exactly the served decisions.
     counts = rule.counts or counts
     rows = []

@@ -125,12 +125,9 @@ def make_datasets(file_pattern: List[str], tf_transform_output: tft.TFTransformO
         return (example[features.PIXELS_KEY],
                 tf.one_hot(example[features.CLASS_ID_KEY], num_classes))
 
-    def held_out(example):
-        return example[_HELD_OUT]
-
-    train_examples = parsed.filter(lambda e: tf.logical_not(held_out(e)))
+    train_examples = parsed.filter(lambda e: tf.logical_not(e[_HELD_OUT]))
     counts = class_counts(train_examples, num_classes)
     train_examples = training_order(train_examples, counts, seed, imbalance, epoch)
     train = train_examples.map(to_xy).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    validation = parsed.filter(held_out).map(to_xy).batch(256).prefetch(tf.data.AUTOTUNE)
+    validation = parsed.filter(lambda e: e[_HELD_OUT]).map(to_xy).batch(256).prefetch(tf.data.AUTOTUNE)
     return train, validation, counts
