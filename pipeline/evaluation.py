@@ -4,13 +4,13 @@ import collections
 import importlib.util
 import json
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import tensorflow_model_analysis as tfma
 
 from pipeline import features
 from pipeline.config import EvaluationConfig
-from pipeline.scoring import CALIBRATION_BINS
+from pipeline.scoring import CALIBRATION_BINS, matrix_metrics
 
 ACCURACY = "sparse_categorical_accuracy"
 OVERALL = tfma.SlicingSpec()
@@ -35,10 +35,11 @@ def slicing_specs(annotation_columns: Sequence[str] = ()) -> list:
 
 def make_eval_config(classes: Sequence[str], gates: EvaluationConfig,
                      annotation_columns: Sequence[str] = ()) -> tfma.EvalConfig:
-    """Accuracy, per-class precision/recall/F1 (binarized by class id) with their macro
-    average, the confusion matrix, the calibration of the top-1 prediction (TFMA's
-    CalibrationPlot and Calibration on k=1 binarization: label 1 when the most
-    probable class is right, prediction = its probability) and, when installed,
+    """Accuracy, the arg-max confusion matrix (from which `evaluation_metrics` derives
+    per-class precision/recall/F1 and macro-F1 of the label the model serves), the
+    calibration of the top-1 prediction (TFMA's CalibrationPlot and Calibration on k=1
+    binarization: label 1 when the most probable class is right, prediction = its
+    probability) and, when installed,
     Fairness Indicators per class at threshold 0.5; overall, per emotion, per
     brightness and contrast band (image proxies, not demographics) and per
     annotation column.
@@ -71,13 +72,6 @@ def make_eval_config(classes: Sequence[str], gates: EvaluationConfig,
                 tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
             ]),
             tfma.MetricsSpec(
-                binarize=tfma.BinarizationOptions(class_ids={"values": class_ids}),
-                aggregate=tfma.AggregationOptions(
-                    macro_average=True, class_weights={i: 1.0 for i in class_ids}),
-                metrics=[tfma.MetricConfig(class_name="Precision"),
-                         tfma.MetricConfig(class_name="Recall"),
-                         tfma.MetricConfig(class_name="F1Score")]),
-            tfma.MetricsSpec(
                 binarize=tfma.BinarizationOptions(k_list={"values": [1]}),
                 metrics=[tfma.MetricConfig(class_name="CalibrationPlot",
                                            config=json.dumps({"num_buckets": CALIBRATION_BINS})),
@@ -106,8 +100,13 @@ def _slice_name(slice_key) -> str:
     return ", ".join(parts) or "overall"
 
 
-def evaluation_metrics(evaluation_uri: str, classes: List[str]) -> Dict[str, Dict[str, float]]:
-    """{slice: {metric: value}} with per-class metrics named e.g. 'recall/happy'."""
+def evaluation_metrics(evaluation_uri: str, classes: List[str]) -> Dict[str, Dict[str, Optional[float]]]:
+    """{slice: {metric: value}}: TFMA's metrics, and per-class precision, recall and F1
+    (named e.g. 'recall/happy') with their macro averages ('macro_precision', 'macro_recall',
+    'macro_f1_score') of the arg-max label, from the slice's confusion matrix, as
+    `pipeline.scoring` computes them for metadata.json and RESULTS.md. (TFMA's own
+    Precision/Recall/F1Score binarized by class id threshold each class's probability at
+    0.5 one-vs-rest: not the label served, and moved by the calibration temperature.)"""
     metrics = collections.defaultdict(dict)
     for per_slice in tfma.load_metrics(evaluation_uri):
         name = _slice_name(per_slice.slice_key)
@@ -124,24 +123,48 @@ def evaluation_metrics(evaluation_uri: str, classes: List[str]) -> Dict[str, Dic
                 metric = f"{metric}/top{key.sub_key.k.value}"
             number = value.double_value.value
             metrics[name][metric] = None if math.isnan(number) else round(number, 4)
+    for name, matrix in confusion_matrices(evaluation_uri, len(classes)).items():
+        metrics[name].update(_label_metrics(matrix, classes))
     return dict(metrics)
 
 
-def confusion_matrix(evaluation_uri: str, num_classes: int) -> List[List[int]]:
-    """Overall confusion matrix from TFMA's plots: rows actual class, columns predicted."""
-    matrix = [[0] * num_classes for _ in range(num_classes)]
+def _label_metrics(matrix: List[List[int]], classes: Sequence[str]) -> Dict[str, Optional[float]]:
+    """Per-class and macro precision/recall/F1 of one slice's arg-max confusion matrix. A
+    class that neither occurs nor is predicted in the slice has none (None), and is left
+    out of the macro averages."""
+    scores = matrix_metrics(matrix, classes)["per_class"]
+    seen = [name for name, row, column in zip(classes, matrix, zip(*matrix)) if sum(row) or sum(column)]
+    out = {}
+    for metric, short in (("precision", "precision"), ("recall", "recall"), ("f1_score", "f1")):
+        for name in classes:
+            out[f"{metric}/{name}"] = scores[name][short] if name in seen else None
+        values = [scores[name][short] for name in seen]
+        out[f"macro_{metric}"] = round(sum(values) / len(values), 4) if values else None
+    return out
+
+
+def confusion_matrices(evaluation_uri: str, num_classes: int) -> Dict[str, List[List[int]]]:
+    """{slice: confusion matrix} from TFMA's plots: rows actual class, columns the arg-max
+    predicted class (MultiClassConfusionMatrixPlot at its default threshold 0)."""
+    result = {}
     for per_slice in tfma.load_plots(evaluation_uri):
-        if per_slice.slice_key.single_slice_keys:
-            continue
         for item in per_slice.plot_keys_and_values:
             if _is_baseline(item.key):
                 continue
             for thresholds in item.value.multi_class_confusion_matrix_at_thresholds.matrices:
+                matrix = result.setdefault(_slice_name(per_slice.slice_key),
+                                           [[0] * num_classes for _ in range(num_classes)])
                 for entry in thresholds.entries:
                     if 0 <= entry.predicted_class_id < num_classes:
                         matrix[entry.actual_class_id][entry.predicted_class_id] += int(
                             entry.num_weighted_examples)
-    return matrix
+    return result
+
+
+def confusion_matrix(evaluation_uri: str, num_classes: int) -> List[List[int]]:
+    """Overall confusion matrix: rows actual class, columns predicted."""
+    return confusion_matrices(evaluation_uri, num_classes).get(
+        "overall", [[0] * num_classes for _ in range(num_classes)])
 
 
 def calibration(evaluation_uri: str) -> Dict[str, Dict]:

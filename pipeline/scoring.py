@@ -14,20 +14,34 @@ def classification_metrics(truth: np.ndarray, predicted: np.ndarray, classes: Se
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix
     (rows actual, columns predicted)."""
     truth, predicted = np.asarray(truth), np.asarray(predicted)
-    per_class = {}
-    for c, name in enumerate(classes):
-        tp = int(np.sum((predicted == c) & (truth == c)))
-        precision = tp / max(int(np.sum(predicted == c)), 1)
-        recall = tp / max(int(np.sum(truth == c)), 1)
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": round(precision, 4), "recall": round(recall, 4),
-                           "f1": round(f1, 4), "support": int(np.sum(truth == c))}
     matrix = [[int(np.sum((truth == a) & (predicted == p))) for p in range(len(classes))]
               for a in range(len(classes))]
-    return {"examples": int(len(truth)), "accuracy": round(float(np.mean(truth == predicted)), 4),
-            "macro_f1": round(float(np.mean([v["f1"] for v in per_class.values()])), 4),
-            "per_class": per_class,
-            "confusion_matrix": {"rows": "actual", "columns": "predicted", "counts": matrix}}
+    return dict(matrix_metrics(matrix, classes),
+                confusion_matrix={"rows": "actual", "columns": "predicted", "counts": matrix})
+
+
+def matrix_metrics(counts: Sequence[Sequence[float]], classes: Sequence[str]) -> Dict:
+    """Accuracy, macro-F1 and per-class precision/recall/F1/support of the arg-max
+    prediction, from its confusion matrix (rows actual, columns predicted). A precision or
+    recall with nothing to divide by is 0; macro-F1 averages the (rounded) F1 of the classes
+    that occur in the truth or the predictions (every class, on any real evaluation split of FER2013)."""
+    counts = np.asarray(counts, np.float64).reshape(len(classes), len(classes))
+    support, predicted = counts.sum(axis=1).tolist(), counts.sum(axis=0).tolist()
+    per_class, present = {}, []
+    for c, name in enumerate(classes):
+        tp = float(counts[c, c])
+        precision = tp / predicted[c] if predicted[c] else 0.0
+        recall = tp / support[c] if support[c] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": round(precision, 4), "recall": round(recall, 4),
+                           "f1": round(f1, 4), "support": int(round(support[c]))}
+        if support[c] or predicted[c]:
+            present.append(per_class[name]["f1"])
+    total = counts.sum()
+    return {"examples": int(round(total)),
+            "accuracy": round(float(np.trace(counts) / total), 4) if total else 0.0,
+            "macro_f1": round(float(np.mean(present)), 4) if present else 0.0,
+            "per_class": per_class}
 
 
 def probability_metrics(truth: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]) -> Dict:

@@ -17,6 +17,7 @@ from pipeline.config import EvaluationConfig
 from pipeline.evaluation import (calibration, confusion_matrix, evaluation_metrics, make_eval_config,
                                  validation_failures)
 from pipeline.run import SCHEMA_FILE
+from pipeline.scoring import matrix_metrics
 from tests.conftest import SMOKE_ANNOTATIONS, fer_pipeline, run_smoke
 
 
@@ -79,12 +80,14 @@ def test_the_model_card_states_the_decision_rule_with_or_without_a_prior_correct
 
 class Saboteur(tf.Module):
     """A 'model' with the pipeline's signatures that is right on every face except those of
-    one annotated group, where it always answers the next class: deliberately unfair."""
+    one annotated group, where it always answers the next class: deliberately unfair. Its
+    answer gets probability `confidence`, the other classes share the rest."""
 
-    def __init__(self, classes, column: str, bad_value: str):
+    def __init__(self, classes, column: str, bad_value: str, confidence: float = 1.0):
         super().__init__()
         self.classes = tf.constant(list(classes))
         self.column, self.bad_value = column, bad_value
+        self.confidence, self.rest = confidence, (1.0 - confidence) / (len(classes) - 1)
         self.spec = {features.LABEL_NAME_KEY: tf.io.FixedLenFeature([], tf.string),
                      column: tf.io.FixedLenFeature([], tf.string)}
 
@@ -98,7 +101,8 @@ class Saboteur(tf.Module):
         truth = self._class_ids(parsed)
         answer = tf.where(tf.equal(parsed[self.column], self.bad_value),
                           (truth + 1) % tf.size(self.classes, out_type=tf.int64), truth)
-        return {features.PROBABILITIES_OUTPUT: tf.one_hot(answer, tf.size(self.classes))}
+        return {features.PROBABILITIES_OUTPUT: tf.one_hot(
+            answer, tf.size(self.classes), on_value=self.confidence, off_value=self.rest)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def transform(self, examples):
@@ -150,12 +154,15 @@ def test_a_model_worse_on_one_annotated_group_is_not_blessed_naming_the_slice(sm
 def test_with_a_regression_baseline_every_number_read_back_is_the_candidates(smoke, tmp_path):
     """A second run evaluates its model against the last blessed one: TFMA then writes both
     models' metrics and plots. The readers must report the candidate's alone (they once
-    mixed in the baseline's: its accuracy and calibration, and twice the confusion counts)."""
+    mixed in the baseline's: its accuracy and calibration, and twice the confusion counts).
+    Both models are underconfident (40% on the class they answer): precision, recall and F1
+    must still be those of the arg-max label (they were once TFMA's one-vs-rest metrics at
+    threshold 0.5, which no probability here reaches: every recall read 0)."""
     output, _, _ = smoke
     [split] = glob.glob(os.path.join(output, "tfx", "Fer2013ExampleGen", "examples", "*", "Split-eval"))
     paths = {}
     for name, bad_value in ((tfma.CANDIDATE_KEY, "female"), (tfma.BASELINE_KEY, "male")):
-        model = Saboteur(features.EMOTIONS, "gender", bad_value)
+        model = Saboteur(features.EMOTIONS, "gender", bad_value, confidence=0.4)
         paths[name] = str(tmp_path / name)
         tf.saved_model.save(model, paths[name], signatures={
             features.SERVING_DEFAULT_SIGNATURE: model.serve.get_concrete_function(),
@@ -179,12 +186,27 @@ def test_with_a_regression_baseline_every_number_read_back_is_the_candidates(smo
     assert metrics["gender=female"]["sparse_categorical_accuracy"] == 0.0   # the candidate's, not
     assert metrics["gender=male"]["sparse_categorical_accuracy"] == 1.0     # the baseline's
     reliability = calibration(evaluation)
-    assert reliability["gender=male"]["ece"] == 0.0 and reliability["gender=female"]["ece"] == 1.0
+    assert reliability["gender=male"]["ece"] == pytest.approx(0.6, abs=1e-4)    # right, 40% sure
+    assert reliability["gender=female"]["ece"] == pytest.approx(0.4, abs=1e-4)  # wrong, 40% sure
     matrix = confusion_matrix(evaluation, len(features.EMOTIONS))
     assert sum(map(sum, matrix)) == metrics["overall"]["example_count"]
     right = sum(matrix[i][i] for i in range(len(features.EMOTIONS)))
     assert right / metrics["overall"]["example_count"] == pytest.approx(
         metrics["overall"]["sparse_categorical_accuracy"], abs=1e-4)
+    # Label metrics: the candidate is right on every male face and wrong on every female one.
+    male, female = metrics["gender=male"], metrics["gender=female"]
+    assert male["macro_f1_score"] == male["macro_recall"] == male["recall/happy"] == 1.0
+    assert female["macro_f1_score"] == female["macro_precision"] == female["recall/happy"] == 0.0
+    expected = matrix_metrics(matrix, features.EMOTIONS)
+    assert metrics["overall"]["macro_f1_score"] == expected["macro_f1"]
+    for name in features.EMOTIONS:
+        assert metrics["overall"][f"recall/{name}"] == expected["per_class"][name]["recall"]
+        assert metrics["overall"][f"precision/{name}"] == expected["per_class"][name]["precision"]
+        assert metrics["overall"][f"f1_score/{name}"] == expected["per_class"][name]["f1"]
+    # An emotion slice holds one true class: the others are only there if predicted.
+    [sad_slice] = [v for k, v in metrics.items() if k == "label_name=sad"]
+    assert sad_slice["recall/sad"] == pytest.approx(sad_slice["sparse_categorical_accuracy"], abs=1e-4)
+    assert sad_slice["recall/happy"] is None   # next class after sad is surprise, never happy
 
 
 def test_every_run_writes_an_audit_report_and_model_card_beside_the_pushed_model(smoke):
