@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from components.audit import audit
 from components.example_gen.fer2013 import make_example
 from pipeline import features, ship
 from pipeline.scoring import probability_metrics
@@ -59,6 +60,21 @@ def test_shipped_model_metadata_names_classes_data_recipe_and_date():
         for key in ("classes", "training_data", "metrics_publictest", "date", "version"):
             assert metadata.get(key), (metadata_path, key)
         assert os.path.isfile(os.path.join(_version_dir(metadata_path, metadata), "saved_model.pb"))
+
+
+def test_the_audit_report_shipped_with_a_model_agrees_with_its_metadata():
+    """The Evaluator scored each model on PublicTest in its pipeline run; its audit report
+    (beside the SavedModel) must give the same accuracy and arg-max macro-F1 as the ship
+    step's own scoring in metadata.json (they once differed: TFMA's one-vs-rest F1 at 0.5)."""
+    for metadata_path in SHIPPED:
+        metadata = json.load(open(metadata_path))
+        report = json.load(open(os.path.join(_version_dir(metadata_path, metadata), "assets.extra",
+                                             audit.AUDIT_JSON)))
+        overall = next(row for row in report["slices"] if row["slice"] == "overall")
+        published = metadata["metrics_publictest"]
+        assert overall["examples"] == published["examples"], metadata_path
+        assert overall["accuracy"] == published["accuracy"], metadata_path
+        assert overall["macro_f1"] == published["macro_f1"], metadata_path
 
 
 def test_flip_tta_and_ensemble_are_scored_through_the_served_models():
