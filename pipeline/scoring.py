@@ -24,7 +24,8 @@ def matrix_metrics(counts: Sequence[Sequence[float]], classes: Sequence[str]) ->
     """Accuracy, macro-F1 and per-class precision/recall/F1/support of the arg-max
     prediction, from its confusion matrix (rows actual, columns predicted). A precision or
     recall with nothing to divide by is 0; macro-F1 averages the (rounded) F1 of the classes
-    that occur in the truth or the predictions (every class, on any real evaluation split of FER2013)."""
+    that occur in the truth or the predictions (every class, on any real evaluation split
+    of FER2013; a slice of it may lack some)."""
     counts = np.asarray(counts, np.float64).reshape(len(classes), len(classes))
     support, predicted = counts.sum(axis=1).tolist(), counts.sum(axis=0).tolist()
     per_class, present = {}, []

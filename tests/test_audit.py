@@ -28,6 +28,16 @@ def test_wilson_intervals_on_known_counts():
     assert audit.wilson_interval(0, 0) == (0.0, 1.0)
 
 
+def test_label_metrics_from_a_confusion_matrix_leave_out_classes_absent_from_a_slice():
+    # rows actual, columns predicted: 6 happy (5 right), 5 sad (3 right), no neutral at all
+    scores = matrix_metrics([[5, 1, 0], [2, 3, 0], [0, 0, 0]], ["happy", "sad", "neutral"])
+    assert scores["accuracy"] == round(8 / 11, 4) and scores["examples"] == 11
+    assert scores["per_class"]["happy"] == {"precision": round(5 / 7, 4), "recall": round(5 / 6, 4),
+                                            "f1": round(10 / 13, 4), "support": 6}
+    assert scores["per_class"]["neutral"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert scores["macro_f1"] == round((0.7692 + 0.6667) / 2, 4)   # neutral is not averaged in
+
+
 METRICS = {
     "overall": {"sparse_categorical_accuracy": 0.6, "example_count": 200},
     "gender=female": {"sparse_categorical_accuracy": 0.45, "example_count": 80},
