@@ -10,7 +10,7 @@ import tensorflow_model_analysis as tfma
 
 from pipeline import features
 from pipeline.config import EvaluationConfig
-from pipeline.scoring import CALIBRATION_BINS, matrix_metrics
+from pipeline.scoring import CALIBRATION_BINS, matrix_metrics, present_classes
 
 ACCURACY = "sparse_categorical_accuracy"
 OVERALL = tfma.SlicingSpec()
@@ -39,10 +39,9 @@ def make_eval_config(classes: Sequence[str], gates: EvaluationConfig,
     per-class precision/recall/F1 and macro-F1 of the label the model serves), the
     calibration of the top-1 prediction (TFMA's CalibrationPlot and Calibration on k=1
     binarization: label 1 when the most probable class is right, prediction = its
-    probability) and, when installed,
-    Fairness Indicators per class at threshold 0.5; overall, per emotion, per
-    brightness and contrast band (image proxies, not demographics) and per
-    annotation column.
+    probability) and, when installed, Fairness Indicators per class at threshold 0.5;
+    overall, per emotion, per brightness and contrast band (image proxies, not
+    demographics) and per annotation column.
 
     Blessing: overall accuracy >= gates.min_accuracy, and no drop of more than
     gates.max_regression against the latest blessed model. Both thresholds
@@ -132,13 +131,13 @@ def _label_metrics(matrix: List[List[int]], classes: Sequence[str]) -> Dict[str,
     """Per-class and macro precision/recall/F1 of one slice's arg-max confusion matrix. A
     class that neither occurs nor is predicted in the slice has none (None), and is left
     out of the macro averages."""
-    scores = matrix_metrics(matrix, classes)["per_class"]
-    seen = [name for name, row, column in zip(classes, matrix, zip(*matrix)) if sum(row) or sum(column)]
+    scores = matrix_metrics(matrix, classes)
+    seen = [name for name, present in zip(classes, present_classes(matrix)) if present]
     out = {}
     for metric, short in (("precision", "precision"), ("recall", "recall"), ("f1_score", "f1")):
         for name in classes:
-            out[f"{metric}/{name}"] = scores[name][short] if name in seen else None
-        values = [scores[name][short] for name in seen]
+            out[f"{metric}/{name}"] = scores["per_class"][name][short] if name in seen else None
+        values = [scores["per_class"][name][short] for name in seen]
         out[f"macro_{metric}"] = round(sum(values) / len(values), 4) if values else None
     return out
 
@@ -152,8 +151,7 @@ def confusion_matrices(evaluation_uri: str, num_classes: int) -> Dict[str, List[
             if _is_baseline(item.key):
                 continue
             for thresholds in item.value.multi_class_confusion_matrix_at_thresholds.matrices:
-                matrix = result.setdefault(_slice_name(per_slice.slice_key),
-                                           [[0] * num_classes for _ in range(num_classes)])
+                matrix = result.setdefault(_slice_name(per_slice.slice_key), _zeros(num_classes))
                 for entry in thresholds.entries:
                     if 0 <= entry.predicted_class_id < num_classes:
                         matrix[entry.actual_class_id][entry.predicted_class_id] += int(
@@ -163,8 +161,11 @@ def confusion_matrices(evaluation_uri: str, num_classes: int) -> Dict[str, List[
 
 def confusion_matrix(evaluation_uri: str, num_classes: int) -> List[List[int]]:
     """Overall confusion matrix: rows actual class, columns predicted."""
-    return confusion_matrices(evaluation_uri, num_classes).get(
-        "overall", [[0] * num_classes for _ in range(num_classes)])
+    return confusion_matrices(evaluation_uri, num_classes).get("overall", _zeros(num_classes))
+
+
+def _zeros(num_classes: int) -> List[List[int]]:
+    return [[0] * num_classes for _ in range(num_classes)]
 
 
 def calibration(evaluation_uri: str) -> Dict[str, Dict]:

@@ -1,7 +1,7 @@
 """Classification metrics from predicted and true class ids, and calibration metrics from
 probabilities (NumPy only: the standalone trainer, the ship step, the calibration fit and
 RESULTS.md all score models with these functions)."""
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -28,6 +28,7 @@ def matrix_metrics(counts: Sequence[Sequence[float]], classes: Sequence[str]) ->
     of FER2013; a slice of it may lack some)."""
     counts = np.asarray(counts, np.float64).reshape(len(classes), len(classes))
     support, predicted = counts.sum(axis=1).tolist(), counts.sum(axis=0).tolist()
+    seen = present_classes(counts)
     per_class, present = {}, []
     for c, name in enumerate(classes):
         tp = float(counts[c, c])
@@ -36,13 +37,20 @@ def matrix_metrics(counts: Sequence[Sequence[float]], classes: Sequence[str]) ->
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[name] = {"precision": round(precision, 4), "recall": round(recall, 4),
                            "f1": round(f1, 4), "support": int(round(support[c]))}
-        if support[c] or predicted[c]:
+        if seen[c]:
             present.append(per_class[name]["f1"])
     total = counts.sum()
     return {"examples": int(round(total)),
             "accuracy": round(float(np.trace(counts) / total), 4) if total else 0.0,
             "macro_f1": round(float(np.mean(present)), 4) if present else 0.0,
             "per_class": per_class}
+
+
+def present_classes(counts: Sequence[Sequence[float]]) -> List[bool]:
+    """Per class of a confusion matrix: does it occur in the truth or the predictions (the
+    classes a macro average counts)."""
+    counts = np.asarray(counts)
+    return [bool(a or p) for a, p in zip(counts.sum(axis=1), counts.sum(axis=0))]
 
 
 def probability_metrics(truth: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]) -> Dict:

@@ -214,7 +214,7 @@ def test_with_a_regression_baseline_every_number_read_back_is_the_candidates(smo
         assert metrics["overall"][f"precision/{name}"] == expected["per_class"][name]["precision"]
         assert metrics["overall"][f"f1_score/{name}"] == expected["per_class"][name]["f1"]
     # An emotion slice holds one true class: the others are only there if predicted.
-    [sad_slice] = [v for k, v in metrics.items() if k == "label_name=sad"]
+    sad_slice = metrics["label_name=sad"]
     assert sad_slice["recall/sad"] == pytest.approx(sad_slice["sparse_categorical_accuracy"], abs=1e-4)
     assert sad_slice["recall/happy"] is None   # next class after sad is surprise, never happy
 

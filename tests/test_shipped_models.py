@@ -174,8 +174,9 @@ def test_weights_taken_back_out_of_a_shipped_model_give_its_served_probabilities
 
     if not (FER2013 / "test").is_dir():
         pytest.skip("FER2013 not found")
-    metadata = json.load(open(REPO / "models" / "fer2013-compact" / ship.METADATA_JSON))
-    path = _version_dir(str(REPO / "models" / "fer2013-compact" / ship.METADATA_JSON), metadata)
+    metadata_path = str(REPO / "models" / "fer2013-compact" / ship.METADATA_JSON)
+    metadata = json.load(open(metadata_path))
+    path = _version_dir(metadata_path, metadata)
     name, parameters = metadata["recipe"]["model"], metadata["training"]["parameters"]
     weights = str(tmp_path / "compact.weights.h5")
     assert saved_weights.main(["--saved-model", path, "--model", name, "--output", weights]) == 0
