@@ -7,7 +7,8 @@
                      [--validation-config FILE]
     fer-pipeline validate --data PATH --output DIR [--profile ...] [--classes ...]
                      [--validation-config FILE]      (ingest and validate only)
-    fer-pipeline predict PHOTO... (--model DIR | --server URL) [--json] [--annotate OUTDIR]
+    fer-pipeline predict PHOTO... (--model DIR | --server URL) [--tta flip|multiview]
+                     [--json] [--annotate OUTDIR]
     fer-pipeline compile --output FILE.yaml [--config kubeflow/config.yaml] [--image IMAGE]
                      [--pipeline-root URI] [--data URI] [--serving-dir URI] [--profile ...]
 
@@ -128,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--timeout", type=float, default=10.0, help="seconds per server request")
     f.add_argument("--margin", type=float, default=0.2,
                    help="fraction of the face box added on each side of the crop")
+    f.add_argument("--tta", metavar="VIEWS",
+                   help="test-time augmentation: the mean over each face and its mirror image "
+                        "(flip, 2 views) or both at four zooms (multiview, 8 views)")
     f.add_argument("--json", action="store_true", help="print one JSON document")
     f.add_argument("--annotate", metavar="OUTDIR", help="write annotated copies of the photos here")
     f.add_argument("--verbose", action="store_true", help="show TensorFlow logs")
@@ -171,6 +175,12 @@ def _predict(args: argparse.Namespace) -> int:
     try:
         classifier = (photos.LocalModel(args.model) if args.model
                       else photos.server_client(args.server, args.model_name, args.timeout))
+        if args.tta:
+            from components.trainer.model import TEST_TIME_VIEWS
+
+            if args.tta not in TEST_TIME_VIEWS:
+                raise ValueError(f"--tta {args.tta}: choose from {', '.join(TEST_TIME_VIEWS)}")
+            classifier = photos.TestTimeViews(classifier, TEST_TIME_VIEWS[args.tta])
     except ValueError as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 2

@@ -13,7 +13,6 @@ instead, a re-export of that model's weights (say, with a calibration temperatur
 keeps the record of how they were trained.
 """
 import argparse
-import io
 import json
 import os
 import shutil
@@ -49,41 +48,60 @@ def served_predictor(path: str) -> Tuple[Callable, List[str]]:
 
 
 def publictest_probabilities(predictor: Tuple[Callable, List[str]], data: str, flip: bool = False,
-                             batch_size: int = 256, per_class: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+                             batch_size: int = 256, per_class: int = 0,
+                             view=None) -> Tuple[np.ndarray, np.ndarray]:
     """(true class ids, probabilities [N, classes]) of a `served_predictor` on data/test
-    for its own classes. `flip` feeds each face mirrored left-right (as a lossless PNG)
-    instead; `per_class` > 0 takes only the first that many images of each class."""
-    return image_probabilities(predictor, test_images(data, predictor[1]), flip, batch_size, per_class)
+    for its own classes. `flip` feeds each face mirrored left-right instead, `view` (a
+    `model.View`) as seen in that view; `per_class` > 0 takes only the first that many
+    images of each class."""
+    return image_probabilities(predictor, test_images(data, predictor[1]), flip, batch_size, per_class,
+                               view)
+
+
+def tta_probabilities(predictor: Tuple[Callable, List[str]], data: str, views: Sequence,
+                      per_class: int = 0, seen: Optional[Dict] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(true class ids, the mean of the served probabilities over `views`) on data/test:
+    test-time augmentation through `predict_image` (`model.TEST_TIME_VIEWS`). `seen`, a
+    {view: (truth, probabilities)} dict, keeps each view's answer for reuse."""
+    seen = {} if seen is None else seen
+    for view in views:
+        if view not in seen:
+            seen[view] = publictest_probabilities(predictor, data, per_class=per_class, view=view)
+    return seen[views[0]][0], np.mean([seen[view][1] for view in views], axis=0)
 
 
 def image_probabilities(predictor: Tuple[Callable, List[str]], images: Dict[str, List[str]],
                         flip: bool = False, batch_size: int = 256,
-                        per_class: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+                        per_class: int = 0, view=None) -> Tuple[np.ndarray, np.ndarray]:
     """`publictest_probabilities` for any {emotion: image paths}, one entry per class of
     the predictor, in its order."""
     import tensorflow as tf
+    from components.trainer.model import View
 
     predict, classes = predictor
     if list(images) != list(classes):
         raise ValueError(f"images of {list(images)}; the model predicts {classes}")
+    view = View(mirror=True) if flip else (view or View())
     truth, probabilities = [], []
     for class_id, (emotion, paths) in enumerate(images.items()):
         paths = paths[:per_class] if per_class > 0 else paths
         for start in range(0, len(paths), batch_size):
-            chunk = [_mirrored(p) if flip else open(p, "rb").read()
-                     for p in paths[start:start + batch_size]]
+            chunk = _encoded(paths[start:start + batch_size], view)
             out = predict(**{features.IMAGES_INPUT: tf.constant(chunk)})
             probabilities.append(out[features.PROBABILITIES_OUTPUT].numpy())
             truth += [class_id] * len(chunk)
     return np.asarray(truth), np.concatenate(probabilities)
 
 
-def _mirrored(path: str) -> bytes:
-    from PIL import Image, ImageOps
+def _encoded(paths: Sequence[str], view) -> List[bytes]:
+    """The encoded images at `paths` as seen in `view` (`faces.seen_in`)."""
+    from serving.faces import seen_in
 
-    out = io.BytesIO()
-    ImageOps.mirror(Image.open(path)).save(out, format="PNG")
-    return out.getvalue()
+    images = []
+    for path in paths:
+        with open(path, "rb") as f:
+            images.append(f.read())
+    return seen_in(images, view, paths)
 
 
 def evaluate_saved_model(path: str, data: str, batch_size: int = 256, flip_tta: bool = False) -> Dict:

@@ -8,7 +8,7 @@ Crops are re-encoded as PNG, the form the model's `predict_image` takes.
 import dataclasses
 import io
 import os
-from typing import List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -104,3 +104,31 @@ def crop(image: Image.Image, box: Box, margin: float = DEFAULT_MARGIN) -> bytes:
 def faces_in(image: Image.Image, margin: float = DEFAULT_MARGIN) -> Tuple[List[Box], List[bytes]]:
     boxes = detect_faces(image)
     return boxes, [crop(image, box, margin) for box in boxes]
+
+
+def seen_in(images: Sequence[bytes], view, names: Optional[Sequence[str]] = None) -> List[bytes]:
+    """Encoded face images as seen in a test-time `view` (`model.View`), as grayscale
+    PNGs: the trainer's own view transform (`model.view_of`, one call per image size),
+    rounded to whole grey levels. The plain view gives the images back unchanged. An
+    image that cannot be decoded raises ValueError naming it (`names`, else its index)."""
+    if view == type(view)():
+        return list(images)
+    from components.trainer.model import view_of
+
+    by_size: Dict[Tuple[int, int], List[int]] = {}
+    pixels = []
+    for i, data in enumerate(images):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                pixels.append(np.asarray(image.convert("L"), np.uint8))
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"{names[i] if names else f'image {i}'}: not a readable image ({e})") from None
+        by_size.setdefault(pixels[-1].shape, []).append(i)
+    out: List[bytes] = [b""] * len(pixels)
+    for indices in by_size.values():
+        seen = np.asarray(view_of(np.stack([pixels[i] for i in indices])[..., None], view))[..., 0]
+        for i, face in zip(indices, np.clip(np.rint(seen), 0, 255).astype(np.uint8)):
+            encoded = io.BytesIO()
+            Image.fromarray(face).save(encoded, format="PNG")
+            out[i] = encoded.getvalue()
+    return out

@@ -1,10 +1,13 @@
 """Photo to emotions: find the faces in each photo and classify them, in process or on a server.
 
-    fer-pipeline predict PHOTO... (--model DIR | --server URL) [--json] [--annotate OUTDIR]
+    fer-pipeline predict PHOTO... (--model DIR | --server URL) [--tta flip|multiview]
+        [--json] [--annotate OUTDIR]
 
 `--model` is a pushed SavedModel: a version directory, or the model's base
 directory (its newest numeric version is used). `--server` is TF Serving:
 http(s)://host:8501 for REST, grpc://host:8500 (or host:8500) for gRPC.
+`--tta` asks the model about each face in several views (`TestTimeViews`): more
+accurate, and as many times the work.
 Per photo: the file and its faces, each with `box` [x, y, w, h], `label` and
 `probabilities`. A bad photo gets a one-line message; the exit status is
 non-zero only when no photo could be processed. Image bytes and face crops
@@ -38,6 +41,31 @@ class LocalModel:
             return []
         out = self._predict(**{features.IMAGES_INPUT: self._tf.constant(list(images))})
         return clients.predictions_from_outputs({k: v.numpy().tolist() for k, v in out.items()})
+
+
+class TestTimeViews:
+    """A classifier (`LocalModel` or a REST/gRPC client) asked about every face in several
+    test-time views at once (`model.TEST_TIME_VIEWS`, one request for all of them); each
+    face's answer is the mean of its views' probabilities and the label their arg-max.
+    The served label rule is the arg-max too, so one view gives the model's own answer."""
+
+    def __init__(self, classifier, views: Sequence):
+        if not views:
+            raise ValueError("test-time augmentation needs at least one view")
+        self.classifier, self.views = classifier, tuple(views)
+
+    def predict_images(self, images: Sequence[bytes]) -> List[clients.Prediction]:
+        if not images:
+            return []
+        seen = [face_lib.seen_in(images, view) for view in self.views]
+        answers = self.classifier.predict_images([image for batch in seen for image in batch])
+        n = len(images)
+        predictions = []
+        for i in range(n):
+            views = [answers[k * n + i].probabilities for k in range(len(self.views))]
+            mean = {name: sum(view[name] for view in views) / len(views) for name in views[0]}
+            predictions.append(clients.Prediction(max(mean, key=mean.get), mean))
+        return predictions
 
 
 def resolve_model_dir(path: str) -> str:

@@ -60,6 +60,26 @@ def test_augmentation_moves_faces_as_its_draws_say():
     np.testing.assert_allclose(zoomed[0, 20], 23.5 + (np.arange(48)[:, None] - 23.5) / 2, atol=1e-4)
 
 
+def test_test_time_views_are_the_face_its_mirror_and_magnified_centres():
+    views = model_lib.TEST_TIME_VIEWS
+    assert views["flip"] == (model_lib.View(), model_lib.View(mirror=True))
+    assert len(set(views["multiview"])) == 8 and set(views["flip"]) <= set(views["multiview"])
+    np.testing.assert_array_equal(np.asarray(model_lib.view_of(FACES, model_lib.View())), FACES)
+    np.testing.assert_array_equal(np.asarray(model_lib.view_of(FACES, model_lib.View(mirror=True))),
+                                  FACES[:, :, ::-1])
+    # zoom 0.9 on a left-to-right ramp: column c shows the ramp at 23.5 + 0.9 (c - 23.5), so
+    # the outer 2.35 pixels on each side are cut off; mirrored, the ramp runs backwards
+    ramp = np.broadcast_to(np.arange(48, dtype=np.uint8)[None, None, :, None], (2, 48, 48, 1))
+    expected = 23.5 + 0.9 * (np.arange(48) - 23.5)
+    zoomed = np.asarray(model_lib.view_of(ramp, model_lib.View(zoom=0.9)))
+    assert zoomed.dtype == np.float32
+    np.testing.assert_allclose(zoomed[1, 7, :, 0], expected, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(model_lib.view_of(ramp, model_lib.View(True, 0.9)))[0, 40, :, 0],
+                               expected[::-1], atol=1e-4)
+    with pytest.raises(ValueError, match="zoom must be in"):
+        model_lib.view_of(FACES, model_lib.View(zoom=2.0))
+
+
 def test_augmentation_combines_its_transforms_as_one_affine_map():
     from scipy import ndimage
     layer = model_lib.RandomFaceTransform(rotation=0.1, shift=0.2, zoom=0.3)

@@ -260,6 +260,39 @@ def test_photos_through_the_server_match_in_process(protocol, tmp_path, server, 
     assert [(f["box"], f["label"]) for f in remote] == [(f["box"], f["label"]) for f in here]
 
 
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_test_time_views_average_the_servers_answers_for_each_view(protocol, server, local):
+    from components.trainer.model import TEST_TIME_VIEWS, View
+
+    views = TEST_TIME_VIEWS["multiview"]
+    remote = photos.TestTimeViews(both_clients(server)[protocol], views).predict_images(FACES)
+    each = [local.predict_images(faces.seen_in(FACES, view)) for view in views]
+    for i, prediction in enumerate(remote):
+        expected = np.mean([[answer[i].probabilities[c] for c in features.EMOTIONS] for answer in each], axis=0)
+        np.testing.assert_allclose([prediction.probabilities[c] for c in features.EMOTIONS], expected, atol=1e-5)
+        assert prediction.label == features.EMOTIONS[int(np.argmax(expected))]
+    assert faces.seen_in(FACES, View()) == FACES
+    assert all(a != b for a, b in zip(faces.seen_in(FACES, View(zoom=0.9)), FACES))
+    plain = photos.TestTimeViews(local, [View()]).predict_images(FACES)
+    assert [p.label for p in plain] == [p.label for p in local.predict_images(FACES)]
+    assert photos.TestTimeViews(local, views).predict_images([]) == []
+    with pytest.raises(ValueError, match="broken.png: not a readable image"):
+        faces.seen_in([FACES[0], b"junk"], View(zoom=0.9), ["face.jpg", "broken.png"])
+
+
+def test_predict_command_with_test_time_augmentation(tmp_path, pushed):
+    photo = compose_photo(tmp_path / "two.jpg")
+    done = fer_pipeline("predict", str(photo), "--model", pushed[0], "--json", "--tta", "multiview")
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout)["photos"][0]["faces"]
+    assert len(found) == 2
+    for face in found:
+        assert face["label"] == max(face["probabilities"], key=face["probabilities"].get)
+        assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    refused = fer_pipeline("predict", str(photo), "--model", pushed[0], "--tta", "tencrop")
+    assert refused.returncode == 2 and "--tta tencrop: choose from flip, multiview" in refused.stderr
+
+
 def test_nothing_done_exits_1_and_a_huge_image_is_refused(tmp_path, local, capsys, monkeypatch):
     huge = tmp_path / "huge.png"
     Image.new("L", (8000, 7000)).save(huge)  # 56 megapixels, a few kB on disk

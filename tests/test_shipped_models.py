@@ -80,15 +80,17 @@ def test_the_audit_report_shipped_with_a_model_agrees_with_its_metadata():
 def test_flip_tta_and_ensemble_are_scored_through_the_served_models():
     if not (FER2013 / "test").is_dir():
         pytest.skip("FER2013 not found")
+    from components.trainer.model import TEST_TIME_VIEWS
     from pipeline import ensemble
 
     compact = str(REPO / "models" / "fer2013-compact")
-    report = ensemble.evaluate([compact, compact], str(FER2013), per_class=15)
+    report = ensemble.evaluate([compact, compact], str(FER2013), per_class=15, tta=("flip", "multiview"))
     single, tta = report["models"]["fer2013-compact"], report["models"]["fer2013-compact#2"]
     assert single["single"]["examples"] == 7 * 15
     # The same model twice: the ensemble is that model, flip TTA differs from no TTA.
     assert report["ensemble"] == single["single"] == tta["single"]
     assert report["ensemble_flip_tta"] == single["flip_tta"]
+    assert report["ensemble_multiview_tta"] == single["multiview_tta"] == tta["multiview_tta"]
     path = os.path.join(compact, str(json.load(open(os.path.join(compact, ship.METADATA_JSON)))["version"]))
     predictor = ship.served_predictor(path)
     classes = predictor[1]
@@ -97,6 +99,15 @@ def test_flip_tta_and_ensemble_are_scored_through_the_served_models():
     assert classes == report["classes"]
     assert np.abs(plain - mirrored).max() > 0.05  # the mirror image really was fed
     assert probability_metrics(truth, (plain + mirrored) / 2, classes) == single["flip_tta"]
+    # every view of the eight is fed as its own image, and the answer is their mean
+    seen = [ship.publictest_probabilities(predictor, str(FER2013), per_class=15, view=view)[1]
+            for view in TEST_TIME_VIEWS["multiview"]]
+    np.testing.assert_array_equal(seen[0], plain)
+    np.testing.assert_array_equal(seen[1], mirrored)
+    assert min(np.abs(plain - other).max() for other in seen[2:]) > 0.02
+    assert probability_metrics(truth, np.mean(seen, axis=0), classes) == single["multiview_tta"]
+    with pytest.raises(ValueError, match="--tta fivecrop"):
+        ensemble.evaluate([compact], str(FER2013), per_class=1, tta=("fivecrop",))
     others = [os.path.dirname(p) for p in SHIPPED
               if json.load(open(p))["classes"] != report["classes"]]
     for other in others:

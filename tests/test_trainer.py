@@ -495,6 +495,18 @@ def test_flip_averaged_probabilities_are_the_mean_over_each_face_and_its_mirror(
                                standalone.probabilities(network, symmetric), rtol=1e-5, atol=1e-6)
 
 
+def test_multiview_probabilities_are_the_mean_over_the_views():
+    network = model_lib.build("compact", 3)
+    faces = np.random.default_rng(2).random((4, 48, 48, 1), dtype=np.float32)
+    views = model_lib.TEST_TIME_VIEWS["multiview"]
+    each = [network.predict(np.asarray(model_lib.view_of(faces, view)), verbose=0) for view in views]
+    assert not np.allclose(each[0], each[-1], atol=1e-4)   # the views differ
+    np.testing.assert_allclose(standalone.probabilities(network, faces, views=views), np.mean(each, axis=0),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(standalone.probabilities(network, faces, views=model_lib.TEST_TIME_VIEWS["flip"]),
+                               standalone.probabilities(network, faces, flip=True), rtol=1e-5, atol=1e-6)
+
+
 def test_a_spent_time_budget_stops_training_cleanly_with_the_best_weights(tmp_path):
     if not (FER2013 / "train").is_dir():
         pytest.skip("FER2013 not found")

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import math
 import os
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import keras
 from keras import layers, ops
@@ -175,6 +175,39 @@ class RandomErasing(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "probability": self.probability, "area": list(self.area),
                 "aspect": list(self.aspect), "seed": self.seed}
+
+
+class View(NamedTuple):
+    """One test-time view of a face: mirrored left-right or not, and scaled by `zoom` about
+    its centre (under 1 magnifies: the border is cut off)."""
+    mirror: bool = False
+    zoom: float = 1.0
+
+
+# Test-time augmentation: the views whose mean probability is the prediction. "flip": the
+# face and its mirror image. "multiview": both at four zooms, chosen on the validation
+# carve-out with the shipped ResNet-18 and DCNN (RESULTS.md, *Multi-view test-time
+# augmentation*).
+TEST_TIME_VIEWS: Dict[str, Tuple[View, ...]] = {
+    "flip": (View(), View(mirror=True)),
+    "multiview": tuple(View(mirror, zoom) for zoom in (1.0, 0.95, 0.9, 0.85) for mirror in (False, True)),
+}
+
+
+def view_of(images, view: View):
+    """`images` [N, H, W, C] (float in [0, 1], or uint8) as seen in `view`, as float32: the
+    augmentation's own affine map and bilinear sampling (`RandomFaceTransform.transform`)
+    with fixed draws, so every view is one the network met in training. The face itself
+    and its mirror image are exact (whole-pixel sampling)."""
+    if not 0.5 < view.zoom < 1.5:
+        raise ValueError(f"{view}: zoom must be in (0.5, 1.5)")
+    if view.zoom == 1.0:
+        images = ops.cast(images, "float32")
+        return ops.flip(images, axis=2) if view.mirror else images
+    draws = ops.convert_to_tensor([[-1.0 if view.mirror else 1.0, 0.0, 0.0, 0.0,
+                                    (view.zoom - 1.0) / 0.5]], "float32")
+    return RandomFaceTransform(flip=True, rotation=0.0, shift=0.0, zoom=0.5).transform(
+        images, ops.tile(draws, (ops.shape(images)[0], 1)))
 
 
 def augmentation(seed: int = 42) -> RandomFaceTransform:

@@ -113,19 +113,24 @@ def is_validation(image_ids: Sequence[str], fraction: float) -> np.ndarray:
 
 
 def evaluate(network: keras.Model, x: np.ndarray, y: np.ndarray, classes: Sequence[str],
-             flip: bool = False) -> Dict:
-    """Accuracy, macro-F1 and per-class recall/precision/F1 (optionally averaging the
-    prediction of the image and its horizontal mirror: test-time augmentation)."""
-    return classification_metrics(y, probabilities(network, x, flip).argmax(axis=1), classes)
+             flip: bool = False, views: Sequence[model_lib.View] = ()) -> Dict:
+    """Accuracy, macro-F1 and per-class recall/precision/F1 of the network's label, or of
+    the mean of its probabilities over test-time views (`probabilities`)."""
+    return classification_metrics(y, probabilities(network, x, flip, views).argmax(axis=1), classes)
 
 
-def probabilities(network: keras.Model, x: np.ndarray, flip: bool = False) -> np.ndarray:
+def probabilities(network: keras.Model, x: np.ndarray, flip: bool = False,
+                  views: Sequence[model_lib.View] = ()) -> np.ndarray:
     """The network's class probabilities for faces `x` [N, 48, 48, 1]; with `flip`, the
-    mean of those for each face and its mirror image."""
-    predicted = network.predict(x, batch_size=256, verbose=0)
-    if flip:
-        predicted = (predicted + network.predict(x[:, :, ::-1], batch_size=256, verbose=0)) / 2
-    return predicted
+    mean of those for each face and its mirror image; with `views`, the mean over those
+    views of each face (`model.TEST_TIME_VIEWS`: test-time augmentation)."""
+    views = model_lib.TEST_TIME_VIEWS["flip"] if flip else (tuple(views) or (model_lib.View(),))
+    total = 0.0
+    for view in views:
+        seen = np.concatenate([keras.ops.convert_to_numpy(model_lib.view_of(x[start:start + 2048], view))
+                               for start in range(0, len(x), 2048)])
+        total = total + network.predict(seen, batch_size=256, verbose=0)
+    return total / len(views)
 
 
 def soft_targets(labels: np.ndarray, teacher_probabilities: np.ndarray, weight: float,
@@ -236,6 +241,8 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
         "best_validation_accuracy": max(history["val_accuracy"]) if history.get("val_accuracy") else None,
         "test": evaluate(network, x_test, y_test, classes),
         "test_flip_tta": evaluate(network, x_test, y_test, classes, flip=True),
+        "test_multiview_tta": evaluate(network, x_test, y_test, classes,
+                                       views=model_lib.TEST_TIME_VIEWS["multiview"]),
         "recipe": dataclasses.asdict(config), "history": history,
         "teacher": dataclasses.asdict(teacher) if teacher else None,
         "warm_start_classes": list(warm_start_classes or classes) if config.warm_start else None,
@@ -379,7 +386,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(json.dumps({k: result[k] for k in ("model", "backend", "epochs_run", "seconds_per_epoch",
                                              "best_validation_accuracy")}
                      | {"test_accuracy": result["test"]["accuracy"],
-                        "test_accuracy_flip_tta": result["test_flip_tta"]["accuracy"]}))
+                        "test_accuracy_flip_tta": result["test_flip_tta"]["accuracy"],
+                        "test_accuracy_multiview_tta": result["test_multiview_tta"]["accuracy"]}))
     return 0
 
 
