@@ -126,7 +126,7 @@ def seen_in(images: Sequence[bytes], view, names: Optional[Sequence[str]] = None
         by_size.setdefault(pixels[-1].shape, []).append(i)
     out: List[bytes] = [b""] * len(pixels)
     for indices in by_size.values():
-        seen = np.asarray(view_of(np.stack([pixels[i] for i in indices])[..., None], view))[..., 0]
+        seen = view_of(np.stack([pixels[i] for i in indices])[..., None], view)[..., 0]
         for i, face in zip(indices, np.clip(np.rint(seen), 0, 255).astype(np.uint8)):
             encoded = io.BytesIO()
             Image.fromarray(face).save(encoded, format="PNG")

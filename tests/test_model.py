@@ -78,6 +78,16 @@ def test_test_time_views_are_the_face_its_mirror_and_magnified_centres():
                                expected[::-1], atol=1e-4)
     with pytest.raises(ValueError, match="zoom must be in"):
         model_lib.view_of(FACES, model_lib.View(zoom=2.0))
+    # every view is the training augmentation's own map: RandomFaceTransform with the draws
+    # that stand for it (zoom 1 + 0.5 x draw), on random faces and on a non-square crop
+    layer = model_lib.RandomFaceTransform(rotation=0.0, shift=0.0, zoom=0.5)
+    crop = np.random.default_rng(5).integers(0, 256, (2, 30, 41, 1)).astype(np.uint8)
+    for view in (*views["multiview"], model_lib.View(True, 1.3), model_lib.View(False, 0.6)):
+        flip = -1.0 if view.mirror else 1.0
+        for images in (FACES, crop):
+            table = np.tile(np.float32([[flip, 0, 0, 0, (view.zoom - 1) / 0.5]]), (len(images), 1))
+            np.testing.assert_allclose(model_lib.view_of(images, view),
+                                       np.asarray(layer.transform(images, table)), rtol=1e-5, atol=1e-4)
 
 
 def test_augmentation_combines_its_transforms_as_one_affine_map():

@@ -19,6 +19,7 @@ import os
 from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from pipeline import config, features
@@ -194,20 +195,31 @@ TEST_TIME_VIEWS: Dict[str, Tuple[View, ...]] = {
 }
 
 
-def view_of(images, view: View):
-    """`images` [N, H, W, C] (float in [0, 1], or uint8) as seen in `view`, as float32: the
-    augmentation's own affine map and bilinear sampling (`RandomFaceTransform.transform`)
-    with fixed draws, so every view is one the network met in training. The face itself
-    and its mirror image are exact (whole-pixel sampling)."""
+def view_of(images, view: View) -> np.ndarray:
+    """`images` [N, H, W, C] (float in [0, 1], or uint8) as seen in `view`, as float32
+    NumPy: the augmentation's affine map and bilinear sampling (`RandomFaceTransform.transform`
+    with no rotation or shift, so each output pixel's source row and column are found
+    apart), so every view is one the network met in training. In NumPy, so that a client
+    builds a face's views in well under a millisecond (the Keras layer takes about 10 ms
+    a call in eager TensorFlow); tests check the two agree. The face itself and its mirror
+    image are exact (whole-pixel sampling)."""
     if not 0.5 < view.zoom < 1.5:
         raise ValueError(f"{view}: zoom must be in (0.5, 1.5)")
+    images = np.asarray(images, np.float32)
     if view.zoom == 1.0:
-        images = ops.cast(images, "float32")
-        return ops.flip(images, axis=2) if view.mirror else images
-    draws = ops.convert_to_tensor([[-1.0 if view.mirror else 1.0, 0.0, 0.0, 0.0,
-                                    (view.zoom - 1.0) / 0.5]], "float32")
-    return RandomFaceTransform(flip=True, rotation=0.0, shift=0.0, zoom=0.5).transform(
-        images, ops.tile(draws, (ops.shape(images)[0], 1)))
+        return images[:, :, ::-1] if view.mirror else images
+
+    def taps(size: int, direction: float):
+        centre = (size - 1) / 2
+        source = np.clip((np.arange(size) - centre) * direction * view.zoom + centre, 0.0, size - 1.0)
+        low = np.floor(source).astype(np.int64)
+        return low, np.minimum(low + 1, size - 1), (source - low).astype(np.float32)
+
+    y0, y1, weight_y = taps(images.shape[1], 1.0)
+    x0, x1, weight_x = taps(images.shape[2], -1.0 if view.mirror else 1.0)
+    weight_y, weight_x = weight_y[None, :, None, None], weight_x[None, None, :, None]
+    rows = images[:, y0] * (1 - weight_y) + images[:, y1] * weight_y
+    return rows[:, :, x0] * (1 - weight_x) + rows[:, :, x1] * weight_x
 
 
 def augmentation(seed: int = 42) -> RandomFaceTransform:

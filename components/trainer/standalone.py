@@ -127,9 +127,7 @@ def probabilities(network: keras.Model, x: np.ndarray, flip: bool = False,
     views = model_lib.TEST_TIME_VIEWS["flip"] if flip else (tuple(views) or (model_lib.View(),))
     total = 0.0
     for view in views:
-        seen = np.concatenate([keras.ops.convert_to_numpy(model_lib.view_of(x[start:start + 2048], view))
-                               for start in range(0, len(x), 2048)])
-        total = total + network.predict(seen, batch_size=256, verbose=0)
+        total = total + network.predict(model_lib.view_of(x, view), batch_size=256, verbose=0)
     return total / len(views)
 
 
