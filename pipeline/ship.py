@@ -47,15 +47,13 @@ def served_predictor(path: str) -> Tuple[Callable, List[str]]:
     return predict, _classes_of(predict)
 
 
-def publictest_probabilities(predictor: Tuple[Callable, List[str]], data: str, flip: bool = False,
-                             batch_size: int = 256, per_class: int = 0,
-                             view=None) -> Tuple[np.ndarray, np.ndarray]:
+def publictest_probabilities(predictor: Tuple[Callable, List[str]], data: str, batch_size: int = 256,
+                             per_class: int = 0, view=None) -> Tuple[np.ndarray, np.ndarray]:
     """(true class ids, probabilities [N, classes]) of a `served_predictor` on data/test
-    for its own classes. `flip` feeds each face mirrored left-right instead, `view` (a
-    `model.View`) as seen in that view; `per_class` > 0 takes only the first that many
-    images of each class."""
-    return image_probabilities(predictor, test_images(data, predictor[1]), flip, batch_size, per_class,
-                               view)
+    for its own classes, each face as it is or, given a `model.View` (say, the mirror
+    image), as seen in that view; `per_class` > 0 takes only the first that many images
+    of each class."""
+    return image_probabilities(predictor, test_images(data, predictor[1]), batch_size, per_class, view)
 
 
 def tta_probabilities(predictor: Tuple[Callable, List[str]], data: str, views: Sequence,
@@ -71,8 +69,8 @@ def tta_probabilities(predictor: Tuple[Callable, List[str]], data: str, views: S
 
 
 def image_probabilities(predictor: Tuple[Callable, List[str]], images: Dict[str, List[str]],
-                        flip: bool = False, batch_size: int = 256,
-                        per_class: int = 0, view=None) -> Tuple[np.ndarray, np.ndarray]:
+                        batch_size: int = 256, per_class: int = 0,
+                        view=None) -> Tuple[np.ndarray, np.ndarray]:
     """`publictest_probabilities` for any {emotion: image paths}, one entry per class of
     the predictor, in its order."""
     import tensorflow as tf
@@ -81,7 +79,7 @@ def image_probabilities(predictor: Tuple[Callable, List[str]], images: Dict[str,
     predict, classes = predictor
     if list(images) != list(classes):
         raise ValueError(f"images of {list(images)}; the model predicts {classes}")
-    view = View(mirror=True) if flip else (view or View())
+    view = view or View()
     truth, probabilities = [], []
     for class_id, (emotion, paths) in enumerate(images.items()):
         paths = paths[:per_class] if per_class > 0 else paths
@@ -104,19 +102,21 @@ def _encoded(paths: Sequence[str], view) -> List[bytes]:
     return seen_in(images, view, paths)
 
 
-def evaluate_saved_model(path: str, data: str, batch_size: int = 256, flip_tta: bool = False) -> Dict:
+def evaluate_saved_model(path: str, data: str, flip_tta: bool = False) -> Dict:
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of the
     SavedModel at `path` on data/test (its own classes, named in `classes`), through
     `predict_image`. `flip_tta` adds "flip_tta": the same metrics (without the matrix)
     of the mean of its probabilities for each face and its mirror image."""
-    predictor = served_predictor(path)
-    truth, probabilities = publictest_probabilities(predictor, data, batch_size=batch_size)
+    from components.trainer.model import TEST_TIME_VIEWS, View
+
+    predictor, seen = served_predictor(path), {}
+    truth, probabilities = tta_probabilities(predictor, data, (View(),), seen=seen)
     classes = predictor[1]
     measured = dict(classification_metrics(truth, probabilities.argmax(axis=1), classes),
                     split="FER2013 PublicTest (test/ folder)", classes=classes)
     if flip_tta:
-        _, mirrored = publictest_probabilities(predictor, data, flip=True, batch_size=batch_size)
-        measured["flip_tta"] = probability_metrics(truth, (probabilities + mirrored) / 2, classes)
+        measured["flip_tta"] = probability_metrics(
+            truth, tta_probabilities(predictor, data, TEST_TIME_VIEWS["flip"], seen=seen)[1], classes)
     return measured
 
 

@@ -80,7 +80,7 @@ def test_the_audit_report_shipped_with_a_model_agrees_with_its_metadata():
 def test_flip_tta_and_ensemble_are_scored_through_the_served_models():
     if not (FER2013 / "test").is_dir():
         pytest.skip("FER2013 not found")
-    from components.trainer.model import TEST_TIME_VIEWS
+    from components.trainer.model import TEST_TIME_VIEWS, View
     from pipeline import ensemble
 
     compact = str(REPO / "models" / "fer2013-compact")
@@ -95,7 +95,7 @@ def test_flip_tta_and_ensemble_are_scored_through_the_served_models():
     predictor = ship.served_predictor(path)
     classes = predictor[1]
     truth, plain = ship.publictest_probabilities(predictor, str(FER2013), per_class=15)
-    _, mirrored = ship.publictest_probabilities(predictor, str(FER2013), flip=True, per_class=15)
+    _, mirrored = ship.publictest_probabilities(predictor, str(FER2013), per_class=15, view=View(mirror=True))
     assert classes == report["classes"]
     assert np.abs(plain - mirrored).max() > 0.05  # the mirror image really was fed
     assert probability_metrics(truth, (plain + mirrored) / 2, classes) == single["flip_tta"]

@@ -113,18 +113,17 @@ def is_validation(image_ids: Sequence[str], fraction: float) -> np.ndarray:
 
 
 def evaluate(network: keras.Model, x: np.ndarray, y: np.ndarray, classes: Sequence[str],
-             flip: bool = False, views: Sequence[model_lib.View] = ()) -> Dict:
+             views: Sequence[model_lib.View] = ()) -> Dict:
     """Accuracy, macro-F1 and per-class recall/precision/F1 of the network's label, or of
     the mean of its probabilities over test-time views (`probabilities`)."""
-    return classification_metrics(y, probabilities(network, x, flip, views).argmax(axis=1), classes)
+    return classification_metrics(y, probabilities(network, x, views).argmax(axis=1), classes)
 
 
-def probabilities(network: keras.Model, x: np.ndarray, flip: bool = False,
-                  views: Sequence[model_lib.View] = ()) -> np.ndarray:
-    """The network's class probabilities for faces `x` [N, 48, 48, 1]; with `flip`, the
-    mean of those for each face and its mirror image; with `views`, the mean over those
-    views of each face (`model.TEST_TIME_VIEWS`: test-time augmentation)."""
-    views = model_lib.TEST_TIME_VIEWS["flip"] if flip else (tuple(views) or (model_lib.View(),))
+def probabilities(network: keras.Model, x: np.ndarray, views: Sequence[model_lib.View] = ()) -> np.ndarray:
+    """The network's class probabilities for faces `x` [N, 48, 48, 1]; with `views`, the
+    mean over those views of each face (`model.TEST_TIME_VIEWS`: test-time augmentation;
+    "flip", the face and its mirror image)."""
+    views = tuple(views) or (model_lib.View(),)
     total = 0.0
     for view in views:
         total = total + network.predict(model_lib.view_of(x, view), batch_size=256, verbose=0)
@@ -172,7 +171,7 @@ class Teacher:
         for name, path in members:
             network = model_lib.build(name, classes)
             network.load_weights(path)
-            total += probabilities(network, x, self.flip)
+            total += probabilities(network, x, model_lib.TEST_TIME_VIEWS["flip"] if self.flip else ())
         return total / len(members)
 
 
@@ -238,7 +237,7 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
         "seconds_per_epoch": round(total_seconds / timed_epochs, 1),
         "best_validation_accuracy": max(history["val_accuracy"]) if history.get("val_accuracy") else None,
         "test": evaluate(network, x_test, y_test, classes),
-        "test_flip_tta": evaluate(network, x_test, y_test, classes, flip=True),
+        "test_flip_tta": evaluate(network, x_test, y_test, classes, views=model_lib.TEST_TIME_VIEWS["flip"]),
         "test_multiview_tta": evaluate(network, x_test, y_test, classes,
                                        views=model_lib.TEST_TIME_VIEWS["multiview"]),
         "recipe": dataclasses.asdict(config), "history": history,
