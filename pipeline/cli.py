@@ -131,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="fraction of the face box added on each side of the crop")
     f.add_argument("--tta", metavar="VIEWS",
                    help="test-time augmentation: the mean over each face and its mirror image "
-                        "(flip, 2 views) or both at four zooms (multiview, 8 views)")
+                        "(flip, 2 views) or both at four zooms (multiview, 8 views), by the "
+                        "model's predict_image_<VIEWS> signature (older models: views sent by this client)")
     f.add_argument("--json", action="store_true", help="print one JSON document")
     f.add_argument("--annotate", metavar="OUTDIR", help="write annotated copies of the photos here")
     f.add_argument("--verbose", action="store_true", help="show TensorFlow logs")
@@ -167,6 +168,7 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from serving import client as clients
     from serving import photos
 
     if not 0.0 <= args.margin <= 1.0:
@@ -176,14 +178,13 @@ def _predict(args: argparse.Namespace) -> int:
         classifier = (photos.LocalModel(args.model) if args.model
                       else photos.server_client(args.server, args.model_name, args.timeout))
         if args.tta:
-            from components.trainer.model import TEST_TIME_VIEWS
-
-            if args.tta not in TEST_TIME_VIEWS:
-                raise ValueError(f"--tta {args.tta}: choose from {', '.join(TEST_TIME_VIEWS)}")
-            classifier = photos.TestTimeViews(classifier, TEST_TIME_VIEWS[args.tta])
+            classifier = photos.with_test_time_views(classifier, args.tta)
     except ValueError as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 2
+    except clients.ServingError as e:
+        sys.stderr.write(f"{PROG}: {e}\n")
+        return 1
     return photos.run(args.photos, classifier, as_json=args.json, annotate_dir=args.annotate,
                       margin=args.margin)
 

@@ -63,6 +63,8 @@ CLASS_ID_KEY = "class_id"        # int64 index into the configured class list
 SERVING_DEFAULT_SIGNATURE = "serving_default"   # serialized tf.Example -> predictions
 PREDICT_IMAGE_SIGNATURE = "predict_image"       # encoded JPEG/PNG bytes -> predictions
 TRANSFORM_FEATURES_SIGNATURE = "transform_features"  # serialized tf.Example -> transformed
+# predict_image_<views>: as predict_image, each face asked in the test-time views of that
+# name (components.trainer.model.TEST_TIME_VIEWS), the answer their mean probability.
 EXAMPLES_INPUT = "examples"
 IMAGES_INPUT = "images"
 PROBABILITIES_OUTPUT = "probabilities"
@@ -75,6 +77,11 @@ CALIBRATION_ASSET = "assets.extra/calibration.json"
 # How the served probabilities follow from the network's (both assets state it): the
 # temperature is 1 and the bias 0 when the model has no such asset.
 OUTPUT_RULE = "probabilities = softmax((log(network probabilities) + log_bias) / temperature)"
+
+
+def views_signature(views: str) -> str:
+    """The exported signature that answers with the test-time views named `views`."""
+    return f"{PREDICT_IMAGE_SIGNATURE}_{views}"
 
 # The validation carve-out: early-stopping data taken out of train by an MD5 bucket of
 # each face's id and emotion. The Trainer and the standalone trainer carve out the same

@@ -39,12 +39,19 @@ def test_images(data: str, classes: Sequence[str]) -> Dict[str, List[str]]:
     return {emotion: split_images(data, "test", emotion) for emotion in classes}
 
 
-def served_predictor(path: str) -> Tuple[Callable, List[str]]:
-    """(`predict_image` of the SavedModel at `path`, its class names in output order)."""
+def served_predictor(path: str, signature: str = features.PREDICT_IMAGE_SIGNATURE) -> Tuple[Callable, List[str]]:
+    """(`signature` of the SavedModel at `path`, `predict_image` unless told otherwise; its
+    class names in output order)."""
     import tensorflow as tf
 
-    predict = tf.saved_model.load(path).signatures[features.PREDICT_IMAGE_SIGNATURE]
+    predict = tf.saved_model.load(path).signatures[signature]
     return predict, _classes_of(predict)
+
+
+def signature_names(path: str) -> List[str]:
+    import tensorflow as tf
+
+    return sorted(tf.saved_model.load(path).signatures)
 
 
 def publictest_probabilities(predictor: Tuple[Callable, List[str]], data: str, batch_size: int = 256,
@@ -102,11 +109,14 @@ def _encoded(paths: Sequence[str], view) -> List[bytes]:
     return seen_in(images, view, paths)
 
 
-def evaluate_saved_model(path: str, data: str, flip_tta: bool = False) -> Dict:
+def evaluate_saved_model(path: str, data: str, tta: Sequence[str] = ()) -> Dict:
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of the
     SavedModel at `path` on data/test (its own classes, named in `classes`), through
-    `predict_image`. `flip_tta` adds "flip_tta": the same metrics (without the matrix)
-    of the mean of its probabilities for each face and its mirror image."""
+    `predict_image`. For each name in `tta` (`model.TEST_TIME_VIEWS`), "<name>_tta": the
+    same metrics (without the matrix) of the mean probability over those views of each
+    face, through the model's own `predict_image_<name>` signature, or for a model exported
+    before those signatures, over views the client builds (`tta_probabilities`); "through"
+    says which."""
     from components.trainer.model import TEST_TIME_VIEWS, View
 
     predictor, seen = served_predictor(path), {}
@@ -114,9 +124,16 @@ def evaluate_saved_model(path: str, data: str, flip_tta: bool = False) -> Dict:
     classes = predictor[1]
     measured = dict(classification_metrics(truth, probabilities.argmax(axis=1), classes),
                     split="FER2013 PublicTest (test/ folder)", classes=classes)
-    if flip_tta:
-        measured["flip_tta"] = probability_metrics(
-            truth, tta_probabilities(predictor, data, TEST_TIME_VIEWS["flip"], seen=seen)[1], classes)
+    exported = signature_names(path) if tta else []
+    for name in tta:
+        signature = features.views_signature(name)
+        if signature in exported:
+            viewed = publictest_probabilities(served_predictor(path, signature), data)[1]
+            through = f"the {signature} signature"
+        else:
+            viewed = tta_probabilities(predictor, data, TEST_TIME_VIEWS[name], seen=seen)[1]
+            through = f"{features.PREDICT_IMAGE_SIGNATURE} on views built by the client"
+        measured[f"{name}_tta"] = dict(probability_metrics(truth, viewed, classes), through=through)
     return measured
 
 
@@ -142,8 +159,11 @@ def ship(pushed: str, name: str, data: str, models_dir: str = "models",
     if size > MAX_MODEL_BYTES:
         raise ValueError(f"{pushed}: {size / 2**20:.1f} MB, above the {MAX_MODEL_BYTES / 2**20:.0f} MB "
                          "limit for a model kept in the repository")
-    measured = evaluate_saved_model(pushed, data, flip_tta=True)
-    flip_tta = measured.pop("flip_tta")
+    from components.trainer.model import TEST_TIME_VIEWS
+
+    measured = evaluate_saved_model(pushed, data, tta=tuple(TEST_TIME_VIEWS))
+    tta = {f"publictest_{name}_tta": measured.pop(f"{name}_tta") for name in TEST_TIME_VIEWS}
+    exported = signature_names(pushed)
     target = os.path.join(models_dir, name, version)
     if os.path.exists(target):
         shutil.rmtree(target)
@@ -151,11 +171,15 @@ def ship(pushed: str, name: str, data: str, models_dir: str = "models",
     strip_run_paths(target, run_output(pushed))
     metadata = {
         "name": name, "version": int(version), "classes": measured.pop("classes"),
-        "signatures": {features.PREDICT_IMAGE_SIGNATURE: "encoded JPEG/PNG bytes -> probabilities, label, classes",
-                       features.SERVING_DEFAULT_SIGNATURE: "serialized tf.Example -> probabilities, label, classes"},
+        "signatures": dict({
+            features.PREDICT_IMAGE_SIGNATURE: "encoded JPEG/PNG bytes -> probabilities, label, classes",
+            features.SERVING_DEFAULT_SIGNATURE: "serialized tf.Example -> probabilities, label, classes"},
+            **{features.views_signature(name): f"as {features.PREDICT_IMAGE_SIGNATURE}, the mean over "
+               f"{len(views)} test-time views of each face" for name, views in TEST_TIME_VIEWS.items()
+               if features.views_signature(name) in exported}),
         "training_data": "FER2013 Kaggle folder: train/ (28,709 faces) minus a 10% validation carve-out; "
                          "model selection on test/ (PublicTest, 3,589 faces)",
-        "metrics_publictest": measured, "publictest_flip_tta": flip_tta,
+        "metrics_publictest": measured, **tta,
         "size_bytes": directory_bytes(target),
         "date": time.strftime("%Y-%m-%d"), "notes": notes,
     }

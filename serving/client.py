@@ -102,10 +102,11 @@ class RestClient:
     """TF Serving's REST API (port 8501 by default)."""
 
     def __init__(self, base_url: str, model_name: str, version: Optional[int] = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = 3, backoff_s: float = 0.2):
+                 timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = 3, backoff_s: float = 0.2,
+                 signature: str = features.PREDICT_IMAGE_SIGNATURE):
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"REST server URL must start with http:// or https://, got {base_url!r}")
-        self.model_name = model_name
+        self.model_name, self.signature = model_name, signature
         self._model_url = f"{base_url.rstrip('/')}/v1/models/{model_name}" + (
             f"/versions/{version}" if version is not None else "")
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
@@ -148,11 +149,16 @@ class RestClient:
     def model_metadata(self) -> Dict:
         return self._request(f"{self._model_url}/metadata")
 
+    def signature_names(self) -> List[str]:
+        """The served model's signatures, from its metadata."""
+        return sorted(self.model_metadata()["metadata"]["signature_def"]["signature_def"])
+
     def predict_images(self, images: Sequence[bytes]) -> List[Prediction]:
-        """Classifies encoded images (JPEG/PNG/...) with the `predict_image` signature."""
+        """Classifies encoded images (JPEG/PNG/...) with `self.signature` (`predict_image`
+        unless told otherwise, or one of its test-time-view variants)."""
         if not images:
             return []
-        body = {"signature_name": features.PREDICT_IMAGE_SIGNATURE,
+        body = {"signature_name": self.signature,
                 "instances": [{"b64": base64.b64encode(image).decode()} for image in images]}
         answer = self._request(f"{self._model_url}:predict", body)
         rows = answer.get("predictions")
@@ -170,7 +176,7 @@ class GrpcClient:
 
     def __init__(self, target: str, model_name: str, version: Optional[int] = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = 3, backoff_s: float = 0.2,
-                 max_message_mb: int = 64):
+                 max_message_mb: int = 64, signature: str = features.PREDICT_IMAGE_SIGNATURE):
         import grpc
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
@@ -182,6 +188,7 @@ class GrpcClient:
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self.target, self.model_name, self.version = target, model_name, version
+        self.signature = signature
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
 
     def close(self) -> None:
@@ -234,14 +241,23 @@ class GrpcClient:
             model_spec=self._spec(), metadata_field=["signature_def"])
         return self._call(self._predict.GetModelMetadata, request, "GetModelMetadata")
 
+    def signature_names(self) -> List[str]:
+        """The served model's signatures, from its metadata."""
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        self.model_metadata().metadata["signature_def"].Unpack(signatures)
+        return sorted(signatures.signature_def)
+
     def predict_images(self, images: Sequence[bytes]) -> List[Prediction]:
-        """Classifies encoded images (JPEG/PNG/...) with the `predict_image` signature."""
+        """Classifies encoded images (JPEG/PNG/...) with `self.signature` (`predict_image`
+        unless told otherwise, or one of its test-time-view variants)."""
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
         if not images:
             return []
-        request = predict_pb2.PredictRequest(model_spec=self._spec(features.PREDICT_IMAGE_SIGNATURE))
+        request = predict_pb2.PredictRequest(model_spec=self._spec(self.signature))
         request.inputs[features.IMAGES_INPUT].CopyFrom(
             tf.make_tensor_proto(list(images), dtype=tf.string))
         answer = self._call(self._predict.Predict, request, "Predict")

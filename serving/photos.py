@@ -6,13 +6,16 @@
 `--model` is a pushed SavedModel: a version directory, or the model's base
 directory (its newest numeric version is used). `--server` is TF Serving:
 http(s)://host:8501 for REST, grpc://host:8500 (or host:8500) for gRPC.
-`--tta` asks the model about each face in several views (`TestTimeViews`): more
-accurate, and as many times the work.
+`--tta` asks the model about each face in several views: more accurate, and as many
+times the work. Models exported by this pipeline build the views themselves (signature
+`predict_image_<views>`); for older ones the client builds and sends them
+(`with_test_time_views`).
 Per photo: the file and its faces, each with `box` [x, y, w, h], `label` and
 `probabilities`. A bad photo gets a one-line message; the exit status is
 non-zero only when no photo could be processed. Image bytes and face crops
 are never logged or printed.
 """
+import copy
 import dataclasses
 import json
 import os
@@ -29,17 +32,25 @@ from serving import faces as face_lib
 class LocalModel:
     """The SavedModel in this process (TensorFlow), with the same interface as the clients."""
 
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, signature: str = features.PREDICT_IMAGE_SIGNATURE):
         import tensorflow as tf
 
         self._tf = tf
         self.path = resolve_model_dir(model_dir)
-        self._predict = tf.saved_model.load(self.path).signatures[features.PREDICT_IMAGE_SIGNATURE]
+        self._signatures = tf.saved_model.load(self.path).signatures
+        self.signature = signature
+
+    def signature_names(self) -> List[str]:
+        return sorted(self._signatures)
 
     def predict_images(self, images: Sequence[bytes]) -> List[clients.Prediction]:
         if not images:
             return []
-        out = self._predict(**{features.IMAGES_INPUT: self._tf.constant(list(images))})
+        if self.signature not in self._signatures:
+            raise clients.BadRequest(f"{self.path} has no signature {self.signature!r} "
+                                     f"(it has {', '.join(self.signature_names())})")
+        predict = self._signatures[self.signature]
+        out = predict(**{features.IMAGES_INPUT: self._tf.constant(list(images))})
         return clients.predictions_from_outputs({k: v.numpy().tolist() for k, v in out.items()})
 
 
@@ -66,6 +77,24 @@ class TestTimeViews:
             mean = {name: sum(view[name] for view in views) / len(views) for name in views[0]}
             predictions.append(clients.Prediction(max(mean, key=mean.get), mean))
         return predictions
+
+
+def with_test_time_views(classifier, name: str):
+    """`classifier` answering with the test-time views `name` (`model.TEST_TIME_VIEWS`): the
+    model's own `predict_image_<name>` signature where it has one (one image a face is sent;
+    the model builds the views from the 48x48 face it sees), else `TestTimeViews` (the client
+    builds the views and sends them all; for models exported before those signatures).
+    The two agree to within the client's rounding of each view to whole grey levels."""
+    from components.trainer.model import TEST_TIME_VIEWS
+
+    if name not in TEST_TIME_VIEWS:
+        raise ValueError(f"--tta {name}: choose from {', '.join(TEST_TIME_VIEWS)}")
+    signature = features.views_signature(name)
+    if signature in classifier.signature_names():
+        served = copy.copy(classifier)
+        served.signature = signature
+        return served
+    return TestTimeViews(classifier, TEST_TIME_VIEWS[name])
 
 
 def resolve_model_dir(path: str) -> str:

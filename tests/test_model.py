@@ -1,4 +1,5 @@
 """Model builders: output shapes, parameter counts, the training wrapper."""
+import keras
 import numpy as np
 import pytest
 
@@ -88,6 +89,10 @@ def test_test_time_views_are_the_face_its_mirror_and_magnified_centres():
             table = np.tile(np.float32([[flip, 0, 0, 0, (view.zoom - 1) / 0.5]]), (len(images), 1))
             np.testing.assert_allclose(model_lib.view_of(images, view),
                                        np.asarray(layer.transform(images, table)), rtol=1e-5, atol=1e-4)
+            # the same map with the backend's gather, as the exported model's views use it
+            tensor = keras.ops.convert_to_tensor(images.astype(np.float32))
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(model_lib.view_of(tensor, view, take=keras.ops.take)),
+                                       model_lib.view_of(images, view), rtol=1e-6, atol=1e-5)
 
 
 def test_augmentation_combines_its_transforms_as_one_affine_map():

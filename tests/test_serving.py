@@ -69,7 +69,8 @@ def test_export_carries_warmup_requests_that_the_model_answers(pushed):
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
             for r in tf.data.TFRecordDataset(path)]
     signatures = [log.predict_log.request.model_spec.signature_name for log in logs]
-    assert signatures == [features.PREDICT_IMAGE_SIGNATURE] * 3 + [features.SERVING_DEFAULT_SIGNATURE]
+    assert signatures == ([features.PREDICT_IMAGE_SIGNATURE] * 3 + [features.SERVING_DEFAULT_SIGNATURE]
+                          + ["predict_image_flip", "predict_image_multiview"])
     model = tf.saved_model.load(pushed[1])
     sizes = []
     for log in logs:
@@ -78,7 +79,7 @@ def test_export_carries_warmup_requests_that_the_model_answers(pushed):
         out = model.signatures[request.model_spec.signature_name](**inputs)
         sizes.append(out[features.PROBABILITIES_OUTPUT].shape[0])
         assert out[features.CLASSES_OUTPUT].shape == out[features.PROBABILITIES_OUTPUT].shape
-    assert sizes == [*export.WARMUP_BATCH_SIZES, 1]
+    assert sizes == [*export.WARMUP_BATCH_SIZES, 1, 1, 1]
 
 
 # ----------------------------------------------------------------------------
@@ -278,6 +279,54 @@ def test_test_time_views_average_the_servers_answers_for_each_view(protocol, ser
     assert photos.TestTimeViews(local, views).predict_images([]) == []
     with pytest.raises(ValueError, match="broken.png: not a readable image"):
         faces.seen_in([FACES[0], b"junk"], View(zoom=0.9), ["face.jpg", "broken.png"])
+
+
+def _probabilities(prediction):
+    return [prediction.probabilities[c] for c in features.EMOTIONS]
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_view_signatures_answer_as_the_clients_views_do_from_one_image_a_face(protocol, server, local):
+    from components.trainer.model import TEST_TIME_VIEWS
+
+    client = both_clients(server)[protocol]
+    assert {"predict_image_flip", "predict_image_multiview"} <= set(client.signature_names())
+    plain = local.predict_images(FACES)
+    for name, views in TEST_TIME_VIEWS.items():
+        served = photos.with_test_time_views(client, name)
+        assert served.signature == features.views_signature(name) and served is not client
+        remote = served.predict_images(FACES)
+        by_client = photos.TestTimeViews(local, views).predict_images(FACES)
+        # the mirror image is exact; the client rounds a zoomed view to whole grey levels
+        tolerance = 1e-5 if name == "flip" else 1e-2
+        for a, b in zip(remote, by_client):
+            np.testing.assert_allclose(_probabilities(a), _probabilities(b), atol=tolerance)
+            assert a.label == max(a.probabilities, key=a.probabilities.get)
+        assert max(np.abs(np.subtract(_probabilities(a), _probabilities(p))).max()
+                   for a, p in zip(remote, plain)) > 1e-3
+    assert client.signature == features.PREDICT_IMAGE_SIGNATURE
+    assert [p.label for p in client.predict_images(FACES)] == [p.label for p in plain]
+
+
+def test_a_model_without_view_signatures_gets_its_views_from_the_client(pushed, local):
+    from components.trainer.model import TEST_TIME_VIEWS
+
+    class OlderModel:   # exported before the predict_image_<views> signatures
+        signature = features.PREDICT_IMAGE_SIGNATURE
+        predict_images = staticmethod(local.predict_images)
+
+        def signature_names(self):
+            return [features.PREDICT_IMAGE_SIGNATURE, features.SERVING_DEFAULT_SIGNATURE]
+
+    older = photos.with_test_time_views(OlderModel(), "flip")
+    assert isinstance(older, photos.TestTimeViews) and older.views == TEST_TIME_VIEWS["flip"]
+    new = photos.with_test_time_views(local, "flip").predict_images(FACES)
+    for a, b in zip(older.predict_images(FACES), new):
+        np.testing.assert_allclose(_probabilities(a), _probabilities(b), atol=1e-5)
+    with pytest.raises(ValueError, match="--tta tencrop: choose from flip, multiview"):
+        photos.with_test_time_views(local, "tencrop")
+    with pytest.raises(clients.BadRequest, match="has no signature 'predict_image_tencrop'"):
+        photos.LocalModel(pushed[1], signature="predict_image_tencrop").predict_images(FACES)
 
 
 def test_predict_command_with_test_time_augmentation(tmp_path, pushed):

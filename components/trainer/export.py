@@ -5,6 +5,10 @@ Signatures (names from pipeline.features):
                        classes [N, C] (the class names, in the order of probabilities)
   predict_image        encoded JPEG/PNG/BMP/GIF bytes [N], any size, grayscale or
                        colour -> the same outputs
+  predict_image_flip   as predict_image, each face and its mirror image; the answer is
+                       their mean probability (test-time augmentation)
+  predict_image_multiview  the same with the 8 views of model.TEST_TIME_VIEWS["multiview"]
+                       (mirror x 4 zooms): the most accurate answer, 8 times the work
   transform_features   serialized tf.Example [N] -> transformed features (for TFMA)
 
 Both prediction signatures call the same Transform layer and the same model,
@@ -37,6 +41,7 @@ import tensorflow_transform as tft
 from PIL import Image
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from components.trainer.model import TEST_TIME_VIEWS, view_of
 from pipeline import features
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -56,22 +61,37 @@ class ServingModule(tf.Module):
         self.temperature = float(temperature)
         self.tft_layer = tf_transform_output.transform_features_layer()
         self.class_names = tf.constant(list(classes))
+        self._classes = tuple(classes)
         raw_spec = tf_transform_output.raw_feature_spec()
         self._raw_spec = raw_spec
         self._image_spec = {features.IMAGE_KEY: raw_spec[features.IMAGE_KEY]}
 
-    def _predict(self, raw_features):
-        transformed = self.tft_layer(raw_features)
-        probabilities = self.model(transformed[features.PIXELS_KEY], training=False)
+    def _probabilities(self, pixels):
+        """The served probabilities (`features.OUTPUT_RULE`) of transformed `pixels`."""
+        probabilities = self.model(pixels, training=False)
         if self.class_log_bias is not None or self.temperature != 1.0:   # features.OUTPUT_RULE
             logits = tf.math.log(tf.maximum(probabilities, 1e-12))
             if self.class_log_bias is not None:
                 logits += self.class_log_bias
             probabilities = tf.nn.softmax(logits / self.temperature, axis=-1)
+        return probabilities
+
+    def _outputs(self, probabilities):
         labels = tf.gather(self.class_names, tf.argmax(probabilities, axis=-1))
         classes = tf.broadcast_to(self.class_names, tf.shape(probabilities))
         return {features.PROBABILITIES_OUTPUT: probabilities, features.LABEL_OUTPUT: labels,
                 features.CLASSES_OUTPUT: classes}
+
+    def _predict(self, raw_features):
+        return self._outputs(self._probabilities(self.tft_layer(raw_features)[features.PIXELS_KEY]))
+
+    def _predict_views(self, images, views):
+        """Each face in every one of `views` (`model.view_of` on the 48x48 pixels the network
+        sees, all in one batch); the answer is their mean served probability."""
+        pixels = self.tft_layer({features.IMAGE_KEY: tf.reshape(images, [-1, 1])})[features.PIXELS_KEY]
+        seen = tf.concat([view_of(pixels, view, take=tf.gather) for view in views], axis=0)
+        probabilities = tf.reshape(self._probabilities(seen), [len(views), -1, len(self._classes)])
+        return self._outputs(tf.reduce_mean(probabilities, axis=0))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
     def serve_examples(self, examples):
@@ -81,6 +101,12 @@ class ServingModule(tf.Module):
     def predict_image(self, images):
         return self._predict({features.IMAGE_KEY: tf.reshape(images, [-1, 1])})
 
+    def _views_function(self, views):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.IMAGES_INPUT)])
+        def predict_image_views(images):
+            return self._predict_views(images, views)
+        return predict_image_views
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
     def transform_features(self, examples):
         return self.tft_layer(tf.io.parse_example(examples, self._raw_spec))
@@ -89,6 +115,8 @@ class ServingModule(tf.Module):
         return {
             features.SERVING_DEFAULT_SIGNATURE: self.serve_examples.get_concrete_function(),
             features.PREDICT_IMAGE_SIGNATURE: self.predict_image.get_concrete_function(),
+            **{features.views_signature(name): self._views_function(views).get_concrete_function()
+               for name, views in TEST_TIME_VIEWS.items()},
             features.TRANSFORM_FEATURES_SIGNATURE: self.transform_features.get_concrete_function(),
         }
 
@@ -178,10 +206,12 @@ def _warmup_images(n: int) -> list:
 
 
 def warmup_requests() -> list:
-    """PredictionLogs: predict_image at each of WARMUP_BATCH_SIZES, serving_default at 1."""
+    """PredictionLogs: predict_image at each of WARMUP_BATCH_SIZES, serving_default at 1 and
+    each test-time-view signature at 1."""
     logs = []
     for signature, batch in ([(features.PREDICT_IMAGE_SIGNATURE, n) for n in WARMUP_BATCH_SIZES]
-                             + [(features.SERVING_DEFAULT_SIGNATURE, 1)]):
+                             + [(features.SERVING_DEFAULT_SIGNATURE, 1)]
+                             + [(features.views_signature(name), 1) for name in TEST_TIME_VIEWS]):
         images = _warmup_images(batch)
         if signature == features.SERVING_DEFAULT_SIGNATURE:
             values = [tf.train.Example(features=tf.train.Features(feature={

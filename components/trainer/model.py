@@ -195,19 +195,25 @@ TEST_TIME_VIEWS: Dict[str, Tuple[View, ...]] = {
 }
 
 
-def view_of(images, view: View) -> np.ndarray:
-    """`images` [N, H, W, C] (float in [0, 1], or uint8) as seen in `view`, as float32
-    NumPy: the augmentation's affine map and bilinear sampling (`RandomFaceTransform.transform`
-    with no rotation or shift, so each output pixel's source row and column are found
-    apart), so every view is one the network met in training. In NumPy, so that a client
-    builds a face's views in well under a millisecond (the Keras layer takes about 10 ms
-    a call in eager TensorFlow); tests check the two agree. The face itself and its mirror
-    image are exact (whole-pixel sampling)."""
+def view_of(images, view: View, take=None):
+    """`images` [N, H, W, C] (float in [0, 1], or uint8) as seen in `view`: the augmentation's
+    affine map and bilinear sampling (`RandomFaceTransform.transform` with no rotation or
+    shift, so each output pixel's source row and column are found apart), so every view is
+    one the network met in training. The face itself and its mirror image are exact
+    (whole-pixel sampling); tests check the two agree.
+
+    With `take` None: in NumPy (float32 out), so that a client builds a face's views in well
+    under a millisecond (the Keras layer takes about 10 ms a call in eager TensorFlow).
+    A graph passes its gather op with `numpy.take`'s (array, indices, axis) call, e.g.
+    `tf.gather`, and float images whose height and width are known: the exported model's
+    test-time signatures build their views so, with the same map."""
     if not 0.5 < view.zoom < 1.5:
         raise ValueError(f"{view}: zoom must be in (0.5, 1.5)")
-    images = np.asarray(images, np.float32)
+    if take is None:
+        images, take = np.asarray(images, np.float32), np.take
+    height, width = int(images.shape[1]), int(images.shape[2])
     if view.zoom == 1.0:
-        return images[:, :, ::-1] if view.mirror else images
+        return take(images, np.arange(width)[::-1], axis=2) if view.mirror else images
 
     def taps(size: int, direction: float):
         centre = (size - 1) / 2
@@ -215,11 +221,11 @@ def view_of(images, view: View) -> np.ndarray:
         low = np.floor(source).astype(np.int64)
         return low, np.minimum(low + 1, size - 1), (source - low).astype(np.float32)
 
-    y0, y1, weight_y = taps(images.shape[1], 1.0)
-    x0, x1, weight_x = taps(images.shape[2], -1.0 if view.mirror else 1.0)
+    y0, y1, weight_y = taps(height, 1.0)
+    x0, x1, weight_x = taps(width, -1.0 if view.mirror else 1.0)
     weight_y, weight_x = weight_y[None, :, None, None], weight_x[None, None, :, None]
-    rows = images[:, y0] * (1 - weight_y) + images[:, y1] * weight_y
-    return rows[:, :, x0] * (1 - weight_x) + rows[:, :, x1] * weight_x
+    rows = take(images, y0, axis=1) * (1 - weight_y) + take(images, y1, axis=1) * weight_y
+    return take(rows, x0, axis=2) * (1 - weight_x) + take(rows, x1, axis=2) * weight_x
 
 
 def augmentation(seed: int = 42) -> RandomFaceTransform:
