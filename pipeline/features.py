@@ -83,6 +83,7 @@ def views_signature(views: str) -> str:
     """The exported signature that answers with the test-time views named `views`."""
     return f"{PREDICT_IMAGE_SIGNATURE}_{views}"
 
+
 # The validation carve-out: early-stopping data taken out of train by an MD5 bucket of
 # each face's id and emotion. The Trainer and the standalone trainer carve out the same
 # faces, so weights trained by one are never validated (or calibrated) by the other on
