@@ -131,7 +131,8 @@ def test_run_fn_trains_a_few_steps_and_exports_all_signatures(smoke, tmp_path):
     assert "validation carve-out" in calibration["fitted_on"] and 0 < faces < sum(correction["train_counts"].values())
     model = tf.saved_model.load(str(serving_dir))
     assert set(model.signatures) == {features.SERVING_DEFAULT_SIGNATURE, features.PREDICT_IMAGE_SIGNATURE,
-                                     features.TRANSFORM_FEATURES_SIGNATURE}
+                                     features.TRANSFORM_FEATURES_SIGNATURE, "predict_image_flip",
+                                     "predict_image_multiview"}
     out = model.signatures[features.PREDICT_IMAGE_SIGNATURE](
         **{features.IMAGES_INPUT: tf.constant([real_images("test", "sad", 1)[0].read_bytes()])})
     assert out[features.PROBABILITIES_OUTPUT].shape == (1, 7)
