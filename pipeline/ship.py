@@ -39,12 +39,14 @@ def test_images(data: str, classes: Sequence[str]) -> Dict[str, List[str]]:
     return {emotion: split_images(data, "test", emotion) for emotion in classes}
 
 
-def served_predictor(path: str, signature: str = features.PREDICT_IMAGE_SIGNATURE) -> Tuple[Callable, List[str]]:
-    """(`signature` of the SavedModel at `path`, `predict_image` unless told otherwise; its
-    class names in output order)."""
+def served_predictor(path: str) -> Tuple[Callable, List[str]]:
+    """(`predict_image` of the SavedModel at `path`, its class names in output order)."""
     import tensorflow as tf
 
-    predict = tf.saved_model.load(path).signatures[signature]
+    return _predictor(tf.saved_model.load(path).signatures[features.PREDICT_IMAGE_SIGNATURE])
+
+
+def _predictor(predict: Callable) -> Tuple[Callable, List[str]]:
     return predict, _classes_of(predict)
 
 
@@ -116,19 +118,21 @@ def evaluate_saved_model(path: str, data: str, tta: Sequence[str] = ()) -> Dict:
     same metrics (without the matrix) of the mean probability over those views of each
     face, through the model's own `predict_image_<name>` signature, or for a model exported
     before those signatures, over views the client builds (`tta_probabilities`); "through"
-    says which."""
+    says which. "signatures": the model's signature names."""
+    import tensorflow as tf
     from components.trainer.model import TEST_TIME_VIEWS, View
 
-    predictor, seen = served_predictor(path), {}
+    signatures = tf.saved_model.load(path).signatures
+    predictor, seen = _predictor(signatures[features.PREDICT_IMAGE_SIGNATURE]), {}
     truth, probabilities = tta_probabilities(predictor, data, (View(),), seen=seen)
     classes = predictor[1]
     measured = dict(classification_metrics(truth, probabilities.argmax(axis=1), classes),
-                    split="FER2013 PublicTest (test/ folder)", classes=classes)
-    exported = signature_names(path) if tta else []
+                    split="FER2013 PublicTest (test/ folder)", classes=classes,
+                    signatures=sorted(signatures))
     for name in tta:
         signature = features.views_signature(name)
-        if signature in exported:
-            viewed = publictest_probabilities(served_predictor(path, signature), data)[1]
+        if signature in signatures:
+            viewed = publictest_probabilities(_predictor(signatures[signature]), data)[1]
             through = f"the {signature} signature"
         else:
             viewed = tta_probabilities(predictor, data, TEST_TIME_VIEWS[name], seen=seen)[1]
@@ -163,7 +167,7 @@ def ship(pushed: str, name: str, data: str, models_dir: str = "models",
 
     measured = evaluate_saved_model(pushed, data, tta=tuple(TEST_TIME_VIEWS))
     tta = {f"publictest_{name}_tta": measured.pop(f"{name}_tta") for name in TEST_TIME_VIEWS}
-    exported = signature_names(pushed)
+    exported = measured.pop("signatures")
     target = os.path.join(models_dir, name, version)
     if os.path.exists(target):
         shutil.rmtree(target)

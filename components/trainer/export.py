@@ -41,7 +41,7 @@ import tensorflow_transform as tft
 from PIL import Image
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from components.trainer.model import TEST_TIME_VIEWS, view_of
+from components.trainer.model import TEST_TIME_VIEWS, View, view_of
 from pipeline import features
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -61,37 +61,27 @@ class ServingModule(tf.Module):
         self.temperature = float(temperature)
         self.tft_layer = tf_transform_output.transform_features_layer()
         self.class_names = tf.constant(list(classes))
-        self._classes = tuple(classes)
         raw_spec = tf_transform_output.raw_feature_spec()
         self._raw_spec = raw_spec
         self._image_spec = {features.IMAGE_KEY: raw_spec[features.IMAGE_KEY]}
 
-    def _probabilities(self, pixels):
-        """The served probabilities (`features.OUTPUT_RULE`) of transformed `pixels`."""
-        probabilities = self.model(pixels, training=False)
+    def _predict(self, raw_features, views=(View(),)):
+        """The outputs for each face; with several test-time `views` (`model.view_of` on the
+        48x48 pixels the network sees, all in one batch), their mean served probability."""
+        pixels = self.tft_layer(raw_features)[features.PIXELS_KEY]
+        seen = tf.concat([view_of(pixels, view, take=tf.gather) for view in views], axis=0)
+        probabilities = self.model(seen, training=False)
         if self.class_log_bias is not None or self.temperature != 1.0:   # features.OUTPUT_RULE
             logits = tf.math.log(tf.maximum(probabilities, 1e-12))
             if self.class_log_bias is not None:
                 logits += self.class_log_bias
             probabilities = tf.nn.softmax(logits / self.temperature, axis=-1)
-        return probabilities
-
-    def _outputs(self, probabilities):
+        probabilities = tf.reduce_mean(
+            tf.reshape(probabilities, [len(views), -1, self.class_names.shape[0]]), axis=0)
         labels = tf.gather(self.class_names, tf.argmax(probabilities, axis=-1))
         classes = tf.broadcast_to(self.class_names, tf.shape(probabilities))
         return {features.PROBABILITIES_OUTPUT: probabilities, features.LABEL_OUTPUT: labels,
                 features.CLASSES_OUTPUT: classes}
-
-    def _predict(self, raw_features):
-        return self._outputs(self._probabilities(self.tft_layer(raw_features)[features.PIXELS_KEY]))
-
-    def _predict_views(self, images, views):
-        """Each face in every one of `views` (`model.view_of` on the 48x48 pixels the network
-        sees, all in one batch); the answer is their mean served probability."""
-        pixels = self.tft_layer({features.IMAGE_KEY: tf.reshape(images, [-1, 1])})[features.PIXELS_KEY]
-        seen = tf.concat([view_of(pixels, view, take=tf.gather) for view in views], axis=0)
-        probabilities = tf.reshape(self._probabilities(seen), [len(views), -1, len(self._classes)])
-        return self._outputs(tf.reduce_mean(probabilities, axis=0))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
     def serve_examples(self, examples):
@@ -104,7 +94,7 @@ class ServingModule(tf.Module):
     def _views_function(self, views):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.IMAGES_INPUT)])
         def predict_image_views(images):
-            return self._predict_views(images, views)
+            return self._predict({features.IMAGE_KEY: tf.reshape(images, [-1, 1])}, views)
         return predict_image_views
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
