@@ -323,7 +323,7 @@ def test_standalone_trainer_on_jax_and_the_pipeline_warm_started_from_its_weight
     assert (result["backend"], result["classes"], result["epochs_run"]) == ("jax", list(SUBSET), 1)
     assert result["test"]["examples"] == 90 and 0.0 <= result["test"]["accuracy"] <= 1.0
     assert result["teacher"] == {"model": "compact", "weights": teacher, "weight": 0.7,
-                                 "temperature": 2.0, "flip": True}
+                                 "temperature": 2.0, "views": "flip"}
     assert result["invocation_epochs"] == 1 and result["training_seconds"] == pytest.approx(
         result["history"][recipe.EPOCH_SECONDS][0], abs=0.1)
     assert (out / recipe.CURVES_PNG).is_file()
@@ -441,12 +441,21 @@ def test_an_ensemble_teaches_the_mean_of_its_members_probabilities(tmp_path):
         network.save_weights(paths[-1])
         alone.append(standalone.probabilities(network, faces, views=model_lib.TEST_TIME_VIEWS["flip"]))
     assert not np.allclose(alone[0], alone[1], atol=1e-4)   # two different members
-    pair = standalone.Teacher("compact,compact", ",".join(paths), flip=True)
+    pair = standalone.Teacher("compact,compact", ",".join(paths), views="flip")
     assert pair.members() == [("compact", paths[0]), ("compact", paths[1])]
     np.testing.assert_allclose(pair.probabilities(faces, len(SUBSET)), (alone[0] + alone[1]) / 2,
                                atol=1e-5)
-    single = standalone.Teacher("compact", paths[0], flip=True)
+    single = standalone.Teacher("compact", paths[0], views="flip")
     np.testing.assert_allclose(single.probabilities(faces, len(SUBSET)), alone[0], atol=1e-5)
+    # Any named set of test-time views teaches; the 8 views are not the flip's 2.
+    network = model_lib.build("compact", len(SUBSET))
+    network.load_weights(paths[0])
+    eight = standalone.Teacher("compact", paths[0], views="multiview").probabilities(faces, len(SUBSET))
+    np.testing.assert_allclose(
+        eight, standalone.probabilities(network, faces, model_lib.TEST_TIME_VIEWS["multiview"]), atol=1e-5)
+    assert not np.allclose(eight, alone[0], atol=1e-4)
+    with pytest.raises(ValueError, match="teacher views 'sideways' are not one of"):
+        standalone.Teacher("compact", paths[0], views="sideways")
 
 
 def test_a_teacher_with_a_missing_or_unmatched_member_is_refused_by_name(tmp_path):

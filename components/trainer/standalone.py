@@ -18,8 +18,9 @@ SavedModel (`fer-pipeline run ... --warm-start OUT/<model>.weights.h5 --epochs 0
 
 Distillation (e.g. the compact model from the strong one): `--teacher-model vggnet
 --teacher-weights OUT/vggnet.weights.h5` trains on a mix of the one-hot labels and the
-teacher's softened probabilities (`soft_targets`); `--teacher-flip` averages the
-teacher's probabilities over each face and its mirror image. An ensemble can teach
+teacher's softened probabilities (`soft_targets`); `--teacher-views flip` (or
+`--teacher-flip`) averages the teacher's probabilities over each face and its mirror
+image, `--teacher-views multiview` over the 8 test-time views. An ensemble can teach
 (`--teacher-model resnet18,dcnn --teacher-weights R.weights.h5,D.weights.h5`: the mean of
 their probabilities). A shipped model can teach:
 `python -m components.trainer.saved_weights` takes its weights out of the SavedModel.
@@ -149,7 +150,11 @@ class Teacher:
     weights: str
     weight: float = 0.7
     temperature: float = 2.0
-    flip: bool = False  # the teacher's probabilities averaged over each face and its mirror
+    views: str = ""  # a model.TEST_TIME_VIEWS name: the teacher's probabilities averaged over those views
+
+    def __post_init__(self):
+        if self.views and self.views not in model_lib.TEST_TIME_VIEWS:
+            raise ValueError(f"teacher views {self.views!r} are not one of {sorted(model_lib.TEST_TIME_VIEWS)}")
 
     def members(self) -> List[Tuple[str, str]]:
         """(architecture, weights file) of each network that teaches."""
@@ -171,7 +176,7 @@ class Teacher:
         for name, path in members:
             network = model_lib.build(name, classes)
             network.load_weights(path)
-            total += probabilities(network, x, model_lib.TEST_TIME_VIEWS["flip"] if self.flip else ())
+            total += probabilities(network, x, model_lib.TEST_TIME_VIEWS.get(self.views, ()))
         return total / len(members)
 
 
@@ -346,8 +351,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--distill-weight", type=float, default=0.7,
                         help="share of the teacher's soft targets in the training targets")
     parser.add_argument("--temperature", type=float, default=2.0)
-    parser.add_argument("--teacher-flip", action="store_true",
-                        help="the teacher's probabilities averaged over each face and its mirror image")
+    parser.add_argument("--teacher-views", choices=sorted(model_lib.TEST_TIME_VIEWS), default="",
+                        help="the teacher's probabilities averaged over these test-time views of each face")
+    parser.add_argument("--teacher-flip", dest="teacher_views", action="store_const", const="flip",
+                        help="the same as --teacher-views flip: each face and its mirror image")
     parser.add_argument("--max-minutes", type=float, default=0.0,
                         help="stop cleanly (best weights kept and saved) after this many minutes "
                              "of training; SIGTERM does the same")
@@ -367,7 +374,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if bool(args.teacher_model) != bool(args.teacher_weights):
             raise ValueError("--teacher-model and --teacher-weights go together")
         teacher = (Teacher(args.teacher_model, args.teacher_weights, args.distill_weight, args.temperature,
-                           args.teacher_flip)
+                           args.teacher_views)
                    if args.teacher_model else None)
         if teacher:
             teacher.members()  # bad names or missing files fail here, before any data is read
