@@ -50,12 +50,6 @@ def _predictor(predict: Callable) -> Tuple[Callable, List[str]]:
     return predict, _classes_of(predict)
 
 
-def signature_names(path: str) -> List[str]:
-    import tensorflow as tf
-
-    return sorted(tf.saved_model.load(path).signatures)
-
-
 def publictest_probabilities(predictor: Tuple[Callable, List[str]], data: str, batch_size: int = 256,
                              per_class: int = 0, view=None) -> Tuple[np.ndarray, np.ndarray]:
     """(true class ids, probabilities [N, classes]) of a `served_predictor` on data/test

@@ -30,8 +30,6 @@ from PIL import Image
 
 from pipeline import features
 
-PREDICT_IMAGE = features.PREDICT_IMAGE_SIGNATURE
-
 
 def _timed(fn: Callable, runs: int, warmup: int = 10) -> List[float]:
     for _ in range(warmup):
@@ -53,7 +51,7 @@ def _summary(one: List[float], batch: List[float], batch_size: int) -> Dict[str,
 
 
 def bench_saved_model(model_dir: str, faces: List[bytes], runs: int, batch_size: int,
-                      signature: str = PREDICT_IMAGE) -> Dict:
+                      signature: str = features.PREDICT_IMAGE_SIGNATURE) -> Dict:
     import tensorflow as tf
 
     from serving.photos import resolve_model_dir
@@ -87,7 +85,8 @@ def bench_fer_model(hdf5: str, faces: List[bytes], runs: int, batch_size: int) -
                     _timed(lambda: call(prepare(batch)), max(10, runs // 10)), batch_size)
 
 
-def bench_photo(model_dir: str, faces: List[bytes], runs: int, signature: str = PREDICT_IMAGE) -> Dict:
+def bench_photo(model_dir: str, faces: List[bytes], runs: int,
+                signature: str = features.PREDICT_IMAGE_SIGNATURE) -> Dict:
     from serving import faces as face_lib
     from serving.photos import LocalModel
 
@@ -138,7 +137,7 @@ def main(argv=None) -> int:
                         help="threads within one op (0: TensorFlow's default, all cores)")
     parser.add_argument("--inter-op-threads", type=int, default=0,
                         help="ops run at once (0: TensorFlow's default)")
-    parser.add_argument("--signature", default=PREDICT_IMAGE,
+    parser.add_argument("--signature", default=features.PREDICT_IMAGE_SIGNATURE,
                         help="the signature to time: predict_image, or a test-time-view variant "
                              "such as predict_image_multiview (each face answered from 8 views)")
     parser.add_argument("--json", help="also write the results here")

@@ -224,7 +224,7 @@ def test_a_reexported_model_keeps_the_training_record_of_the_metadata_it_is_ship
     # test-time views: through the model's own signatures where it has them, else views
     # built by the client; the mirror image is exact either way
     assert after["publictest_flip_tta"]["accuracy"] == before["publictest_flip_tta"]["accuracy"]
-    exported = ship.signature_names(str(pushed))
+    exported = tf.saved_model.load(str(pushed)).signatures
     for name in ("flip", "multiview"):
         through = after[f"publictest_{name}_tta"]["through"]
         assert through == ("the predict_image_%s signature" % name if "predict_image_" + name in exported
