@@ -1,6 +1,6 @@
 """Chooses the strength of a served model's prior correction (`--prior-correction`).
 
-    python -m pipeline.prior --data FER2013 --model models/fer2013-dcnn [--json out.json]
+    python -m pipeline.prior --data FER2013 --model models/fer2013-dcnn [--views multiview] [--json out.json]
 
 Scores the strengths 0, 0.25, ..., 1 (`--strengths`) on the validation carve-out of
 train/ (the standalone trainer's: the faces its early stopping saw, never trained on)
@@ -11,6 +11,12 @@ correction is first brought back to its network's own probabilities (from its
 `assets.extra/prior_correction.json`), so any served model can be scored. The
 recommended strength is the one with the best validation macro-F1; export with it:
 `fer-pipeline run ... --imbalance none --warm-start W --epochs 0 --prior-correction X`.
+
+`--views flip|multiview` scores the label of the model's `predict_image_<views>`
+signature instead: the test-time views (`model.TEST_TIME_VIEWS`) are fed one by one
+through `predict_image`, the rule undone view by view, and each strength applied to every
+view (at the exported calibration temperature) before their mean, as that signature does.
+Choose the strength by the views you serve: the one-view choice need not be theirs.
 """
 import argparse
 import dataclasses
@@ -22,7 +28,7 @@ import numpy as np
 
 from pipeline.config import TrainingConfig
 from pipeline.scoring import classification_metrics
-from pipeline.ship import image_probabilities, publictest_probabilities, served_predictor
+from pipeline.ship import image_probabilities, served_predictor, test_images
 
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -83,29 +89,48 @@ def corrected(probabilities: np.ndarray, bias: np.ndarray, temperature: float = 
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def network_probabilities(model_dir: str, data: str, per_class: int = 0):
+def network_probabilities(model_dir: str, data: str, per_class: int = 0, views: str = ""):
     """(version directory, classes, the `OutputRule` it was exported with, training count
     per class of the validation split, {"validation", "publictest": (true class ids, the
     network's own probabilities)}) of a served model (a version directory or its parent):
     its probabilities on the validation carve-out of train/ and on PublicTest, the
-    export's rule undone."""
+    export's rule undone: [N, classes], or with `views` (a name of `model.TEST_TIME_VIEWS`)
+    [views, N, classes], each test-time view's own."""
+    from components.trainer.model import TEST_TIME_VIEWS, View
     from serving.photos import resolve_model_dir
 
+    if views and views not in TEST_TIME_VIEWS:
+        raise ValueError(f"views {views!r}: one of {', '.join(sorted(TEST_TIME_VIEWS))}")
     model_dir = resolve_model_dir(model_dir)
     predictor = served_predictor(model_dir)
     classes = predictor[1]
     rule = applied(model_dir, classes)
     held_out, counts = validation_images(data, classes)
-    splits = {"validation": image_probabilities(predictor, held_out, per_class=per_class),
-              "publictest": publictest_probabilities(predictor, data, per_class=per_class)}
-    return model_dir, classes, rule, counts, {k: (y, rule.network(p)) for k, (y, p) in splits.items()}
+    splits = {}
+    for split, images in (("validation", held_out), ("publictest", test_images(data, classes))):
+        answers = [image_probabilities(predictor, images, per_class=per_class, view=view)
+                   for view in (TEST_TIME_VIEWS[views] if views else (View(),))]
+        network = np.stack([rule.network(p) for _, p in answers])
+        splits[split] = (answers[0][0], network if views else network[0])
+    return model_dir, classes, rule, counts, splits
 
 
-def scan(model_dir: str, data: str, strengths: Sequence[float] = STRENGTHS, per_class: int = 0) -> Dict:
-    """{"classes", "train_counts", "strengths": [{strength, validation, publictest}], "recommended"}."""
+def served_probabilities(network: np.ndarray, log_bias: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """The probabilities a model exported with `log_bias` and `temperature` serves for its
+    network's own [N, classes]; for [views, N, classes], the mean over the views of each
+    view's, as `predict_image_<views>` computes them (`export.ServingModule._predict`)."""
+    if network.ndim == 2:
+        return corrected(network, log_bias, temperature)
+    return np.mean([corrected(p, log_bias, temperature) for p in network], axis=0)
+
+
+def scan(model_dir: str, data: str, strengths: Sequence[float] = STRENGTHS, per_class: int = 0,
+         views: str = "") -> Dict:
+    """{"classes", "train_counts", "views", "strengths": [{strength, validation, publictest}],
+    "recommended"}; with `views`, of the label of the model's `predict_image_<views>`."""
     from components.trainer.recipe import prior_log_bias
 
-    model_dir, classes, rule, counts, splits = network_probabilities(model_dir, data, per_class)
+    model_dir, classes, rule, counts, splits = network_probabilities(model_dir, data, per_class, views)
     # The counts the export used where it recorded them (exports before 2026-12-05 used
     # the Trainer's earlier carve-out, a few faces per class off this one), so the
     # exported strength scores exactly the served decisions.
@@ -115,13 +140,14 @@ def scan(model_dir: str, data: str, strengths: Sequence[float] = STRENGTHS, per_
         bias = prior_log_bias(counts, strength)
         row = {"strength": strength}
         for name, (truth, probabilities) in splits.items():
-            m = classification_metrics(truth, corrected(probabilities, bias).argmax(axis=1), classes)
+            m = classification_metrics(truth, served_probabilities(probabilities, bias, rule.temperature).argmax(axis=1), classes)
             row[name] = {"examples": m["examples"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                          "recall": {c: v["recall"] for c, v in m["per_class"].items()}}
         rows.append(row)
     best = max(rows, key=lambda r: (r["validation"]["macro_f1"], -r["strength"]))
     return {"model": model_dir, "classes": classes, "train_counts": dict(zip(classes, counts)),
-            "applied_strength": rule.strength, "temperature": rule.temperature, "strengths": rows,
+            "applied_strength": rule.strength, "temperature": rule.temperature, "views": views or "none",
+            "strengths": rows,
             "recommended": best["strength"]}
 
 
@@ -132,17 +158,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--strengths", default=",".join(map(str, STRENGTHS)),
                         help="comma-separated strengths to score (default %(default)s)")
     parser.add_argument("--per-class", type=int, default=0, help="at most this many faces per class")
+    parser.add_argument("--views", default="", help="score the label of predict_image_<views> "
+                        "(flip or multiview) instead of predict_image's")
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
     try:
         strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
         if not strengths or any(not 0 <= s <= 2 for s in strengths):
             raise ValueError(f"--strengths {args.strengths!r}: numbers in [0, 2], comma-separated")
-        report = scan(args.model, args.data, strengths, args.per_class)
+        report = scan(args.model, args.data, strengths, args.per_class, args.views)
     except (ValueError, OSError) as error:
         sys.stderr.write(f"error: {error}\n")
         return 2
-    print(f"{report['model']} (exported with strength {report['applied_strength']})")
+    print(f"{report['model']} (exported with strength {report['applied_strength']}; "
+          f"test-time views: {report['views']})")
     print("strength  validation acc / macro-F1   PublicTest acc / macro-F1")
     for row in report["strengths"]:
         v, t = row["validation"], row["publictest"]

@@ -140,6 +140,36 @@ def test_the_prior_correction_scan_reproduces_the_served_decisions_at_the_export
     assert report["recommended"] in {r["strength"] for r in report["strengths"]}
 
 
+def test_a_scan_through_test_time_views_reproduces_the_served_views_signature():
+    """At the exported strength, the scan of `--views flip` gives the labels of the model's
+    own predict_image_flip signature, which applies the rule to each view before the mean."""
+    if not (FER2013 / "test").is_dir():
+        pytest.skip("FER2013 not found")
+    from pipeline import prior
+
+    corrected = [p for p in SHIPPED if (json.load(open(p)).get("prior_correction") or {}).get("strength")]
+    assert corrected, "a shipped model with a prior correction"
+    metadata_path = min(corrected, key=lambda p: json.load(open(p))["size_bytes"])
+    metadata = json.load(open(metadata_path))
+    applied = metadata["prior_correction"]["strength"]
+    report = prior.scan(os.path.dirname(metadata_path), str(FER2013), [0.0, applied], per_class=20, views="flip")
+    assert report["views"] == "flip" and report["temperature"] != 1.0
+    path = _version_dir(metadata_path, metadata)
+    flip = ship._predictor(tf.saved_model.load(path).signatures[features.views_signature("flip")])
+    truth, served = ship.publictest_probabilities(flip, str(FER2013), per_class=20)
+    _, classes, rule, _, splits = prior.network_probabilities(path, str(FER2013), per_class=20, views="flip")
+    seen_truth, network = splits["publictest"]
+    assert network.shape == (2, len(truth), len(classes)) and list(seen_truth) == list(truth)
+    np.testing.assert_allclose(prior.served_probabilities(network, rule.log_bias, rule.temperature), served,
+                               atol=2e-5)
+    row = {r["strength"]: r for r in report["strengths"]}
+    assert row[applied]["publictest"]["examples"] == len(truth) == 20 * len(metadata["classes"])
+    assert row[applied]["publictest"]["accuracy"] == round(float(np.mean(served.argmax(axis=1) == truth)), 4)
+    assert row[0.0]["publictest"] != row[applied]["publictest"]  # the strength changes decisions
+    with pytest.raises(ValueError, match="views 'fivecrop': one of flip, multiview"):
+        prior.scan(os.path.dirname(metadata_path), str(FER2013), [0.0], per_class=1, views="fivecrop")
+
+
 def test_a_correction_is_undone_by_its_negative():
     from pipeline import prior
 
