@@ -312,7 +312,8 @@ class ShuffleEachEpoch(recipe.ByEpoch):
         self.data.shuffle(epoch)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `main` (also parsed by the tests of scripts/reproduce.sh)."""
     parser = argparse.ArgumentParser(prog="python -m components.trainer.standalone",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="FER2013 folder with train/ and test/")
@@ -358,7 +359,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--max-minutes", type=float, default=0.0,
                         help="stop cleanly (best weights kept and saved) after this many minutes "
                              "of training; SIGTERM does the same")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         config = TrainingConfig(

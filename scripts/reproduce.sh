@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Rebuilds the six shipped models of models/ from FER2013, stage by stage, with the
+# commands and settings that made them (each stage has its section in RESULTS.md).
+#
+#   DATA=/path/to/fer2013 bash scripts/reproduce.sh [STAGE...]
+#
+# STAGE: any of the stages below, in this order (default: all), then `ship`, which exports
+# the six final stages through the pipeline (`fer-pipeline run ... --epochs 0`) and scores
+# and copies them to MODELS (default OUT/models, so the repository's models/ stay as they
+# are; MODELS=models replaces them). Each training stage writes OUT/<stage>/ (weights,
+# result.json, curves.png, checkpoints); a stage with a result.json is skipped, and a stage
+# stopped part-way resumes from its checkpoints when started again. DRY_RUN=1 prints every
+# command and runs none (tests/test_reproduce.py checks them against the shipped models).
+#
+# Cost: on 2 CPU cores with the TensorFlow backend, about 17 hours in all (the DCNN alone
+# 5.6 hours, 5-8 minutes an epoch; a ResNet-18 epoch 85-105 s, a compact one 30-50 s); on a
+# GPU run it with KERAS_BACKEND=jax (scripts/train_gpu.sh says how to check the machine
+# first). Training is not bit-for-bit deterministic: expect each stage's accuracy within
+# about a point of its section's, not the same digits.
+#
+# The lineage (teachers in brackets; "narrowed" keeps every layer and the three outputs):
+#   dcnn -> dcnn-hsn (narrowed)
+#   resnet18 -> resnet18-restart -> resnet18-hsn (narrowed)
+#   resnet18-restart [resnet18-restart + dcnn, flip] -> resnet18-kd
+#   dcnn [resnet18-kd + dcnn, flip] -> dcnn-kd                        = fer2013-dcnn
+#   resnet18-kd [itself, 8 views] -> resnet18-mv                      = fer2013-resnet18
+#   resnet18-mv [resnet18-hsn + dcnn-hsn, 8 views] -> resnet18-mv-hsn  = fer2013-resnet18-happy-sad-neutral
+#   dcnn-hsn                                                          = fer2013-dcnn-happy-sad-neutral
+#   [resnet18-kd + dcnn, flip] -> compact-resnet-kd
+#   compact-resnet-kd [resnet18-mv, 8 views] -> compact-mv -> (again) compact-mv2 = fer2013-compact
+#   compact-mv2 [resnet18-mv-hsn, 8 views] -> compact-mv2-hsn          = fer2013-compact-happy-sad-neutral
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${DATA:?set DATA to the FER2013 folder (train/, test/)}"
+OUT=${OUT:-out/reproduce}
+RUNS=${RUNS:-runs/reproduce}
+MODELS=${MODELS:-$OUT/models}
+PY=${PYTHON:-python}
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+ALL7=angry,disgust,fear,happy,sad,surprise,neutral
+HSN=happy,sad,neutral
+
+run() {
+  echo "+ $*"
+  [ -n "${DRY_RUN:-}" ] || "$@"
+}
+
+weights() {  # weights STAGE MODEL: the weights a training stage writes
+  echo "$OUT/$1/$2.weights.h5"
+}
+
+train() {  # train STAGE MODEL ARGS...: one standalone training run
+  local stage=$1 model=$2
+  shift 2
+  if [ -z "${DRY_RUN:-}" ] && [ -f "$OUT/$stage/result.json" ]; then
+    echo "= $stage: done ($OUT/$stage/result.json)"
+    return
+  fi
+  [ -n "${DRY_RUN:-}" ] || mkdir -p "$OUT"
+  run "$PY" -m components.trainer.standalone --data "$DATA" --output "$OUT/$stage" --model "$model" \
+    --batch-size 64 --imbalance none "$@"
+}
+
+pushed() {  # pushed STAGE: the version directory the stage's export pushed
+  if [ -n "${DRY_RUN:-}" ]; then
+    echo "$RUNS/$1/serving/PUSHED/VERSION"
+  else
+    find "$RUNS/$1/serving" -mindepth 2 -maxdepth 2 -name "[0-9]*" | sort | tail -1
+  fi
+}
+
+ship() {  # ship NAME MODEL STAGE [fer-pipeline run ARGS...]: export, score, copy to MODELS/NAME
+  local name=$1 model=$2 stage=$3
+  shift 3
+  run "$PY" -m pipeline.cli run --data "$DATA" --output "$RUNS/$stage" --model "$model" \
+    --imbalance none --calibration-temperature 0 --warm-start "$(weights "$stage" "$model")" --epochs 0 "$@"
+  run "$PY" -m pipeline.ship --pushed "$(pushed "$stage")" --name "$name" --data "$DATA" \
+    --models-dir "$MODELS" --result "$OUT/$stage/result.json"
+}
+
+stage() {
+  case $1 in
+    # The seed DCNN on the labels (Nadam, learning rate halved on a plateau; early stopping
+    # ended the shipped run at epoch 44, best 36).
+    dcnn) train dcnn dcnn --epochs 60 --patience 5 ;;
+    # Its classifier narrowed to happy/sad/neutral, trained on the three (the shipped run had
+    # --epochs 40 and a 75-minute budget that stopped it after epoch 16; best epoch 14).
+    dcnn-hsn) train dcnn-hsn dcnn --classes $HSN --warm-start-classes $ALL7 \
+        --warm-start "$(weights dcnn dcnn)" --epochs 16 --learning-rate 2.5e-4 --patience 6 \
+        --reduce-lr-patience 3 ;;
+    resnet18) train resnet18 resnet18 --epochs 50 --learning-rate 1e-3 --lr-schedule cosine \
+        --patience 50 ;;
+    resnet18-restart) train resnet18-restart resnet18 --warm-start "$(weights resnet18 resnet18)" \
+        --epochs 60 --learning-rate 5e-4 --lr-schedule cosine --label-smoothing 0.1 --patience 60 ;;
+    resnet18-hsn) train resnet18-hsn resnet18 --classes $HSN --warm-start-classes $ALL7 \
+        --warm-start "$(weights resnet18-restart resnet18)" --epochs 12 --learning-rate 2.5e-4 \
+        --lr-schedule cosine --patience 12 ;;
+    resnet18-kd) train resnet18-kd resnet18 --warm-start "$(weights resnet18-restart resnet18)" \
+        --epochs 45 --learning-rate 4e-4 --lr-schedule cosine --patience 45 \
+        --teacher-model resnet18,dcnn --teacher-flip \
+        --teacher-weights "$(weights resnet18-restart resnet18),$(weights dcnn dcnn)" ;;
+    dcnn-kd) train dcnn-kd dcnn --warm-start "$(weights dcnn dcnn)" --epochs 12 \
+        --learning-rate 2e-4 --lr-schedule cosine --patience 20 \
+        --teacher-model resnet18,dcnn --teacher-flip \
+        --teacher-weights "$(weights resnet18-kd resnet18),$(weights dcnn dcnn)" ;;
+    resnet18-mv) train resnet18-mv resnet18 --warm-start "$(weights resnet18-kd resnet18)" \
+        --epochs 24 --learning-rate 3e-4 --lr-schedule cosine --patience 30 \
+        --teacher-model resnet18 --teacher-weights "$(weights resnet18-kd resnet18)" \
+        --teacher-views multiview --temperature 1 ;;
+    resnet18-mv-hsn) train resnet18-mv-hsn resnet18 --classes $HSN --warm-start-classes $ALL7 \
+        --warm-start "$(weights resnet18-mv resnet18)" --epochs 14 --learning-rate 2.5e-4 \
+        --lr-schedule cosine --patience 14 --teacher-model resnet18,dcnn \
+        --teacher-weights "$(weights resnet18-hsn resnet18),$(weights dcnn-hsn dcnn)" \
+        --teacher-views multiview ;;
+    compact-resnet-kd) train compact-resnet-kd compact_resnet --epochs 45 --learning-rate 1e-3 \
+        --lr-schedule cosine --patience 45 --teacher-model resnet18,dcnn --teacher-flip \
+        --teacher-weights "$(weights resnet18-kd resnet18),$(weights dcnn dcnn)" ;;
+    compact-mv) train compact-mv compact_resnet --warm-start "$(weights compact-resnet-kd compact_resnet)" \
+        --epochs 30 --learning-rate 5e-4 --lr-schedule cosine --patience 40 \
+        --teacher-model resnet18 --teacher-weights "$(weights resnet18-mv resnet18)" --teacher-views multiview ;;
+    compact-mv2) train compact-mv2 compact_resnet --warm-start "$(weights compact-mv compact_resnet)" \
+        --epochs 30 --learning-rate 3e-4 --lr-schedule cosine --patience 40 \
+        --teacher-model resnet18 --teacher-weights "$(weights resnet18-mv resnet18)" --teacher-views multiview ;;
+    compact-mv2-hsn) train compact-mv2-hsn compact_resnet --classes $HSN --warm-start-classes $ALL7 \
+        --warm-start "$(weights compact-mv2 compact_resnet)" --epochs 16 --learning-rate 5e-4 \
+        --lr-schedule cosine --patience 40 \
+        --teacher-model resnet18 --teacher-weights "$(weights resnet18-mv-hsn resnet18)" --teacher-views multiview ;;
+    ship)
+      ship fer2013-dcnn dcnn dcnn-kd --prior-correction 0.5
+      ship fer2013-dcnn-happy-sad-neutral dcnn dcnn-hsn --classes $HSN
+      ship fer2013-resnet18 resnet18 resnet18-mv
+      ship fer2013-resnet18-happy-sad-neutral resnet18 resnet18-mv-hsn --classes $HSN
+      ship fer2013-compact compact_resnet compact-mv2
+      ship fer2013-compact-happy-sad-neutral compact_resnet compact-mv2-hsn --classes $HSN ;;
+    *) echo "unknown stage $1" >&2; exit 2 ;;
+  esac
+}
+
+STAGES=(dcnn dcnn-hsn resnet18 resnet18-restart resnet18-hsn resnet18-kd dcnn-kd resnet18-mv
+        resnet18-mv-hsn compact-resnet-kd compact-mv compact-mv2 compact-mv2-hsn ship)
+for name in "${@:-${STAGES[@]}}"; do
+  stage "$name"
+done

@@ -1,0 +1,91 @@
+"""scripts/reproduce.sh, the recipe of the shipped models: every command it would run
+parses, every stage starts from weights an earlier stage wrote, and the stage each shipped
+model is exported from trained with the settings its metadata.json records."""
+import json
+import os
+import shlex
+import subprocess
+
+import pytest
+
+from components.trainer import standalone
+from pipeline import cli
+from tests.conftest import REPO
+
+SCRIPT = REPO / "scripts" / "reproduce.sh"
+
+
+def _dry_run(*stages):
+    env = dict(os.environ, DRY_RUN="1", DATA="/fer2013", OUT="o", RUNS="r", MODELS="m", PYTHON="python")
+    done = subprocess.run(["bash", str(SCRIPT), *stages], env=env, capture_output=True, text=True,
+                          cwd=REPO, check=False)
+    return done
+
+
+def _commands():
+    done = _dry_run()
+    assert done.returncode == 0, done.stderr
+    return [shlex.split(line[2:]) for line in done.stdout.splitlines() if line.startswith("+ ")]
+
+
+def _module_args(command, module):
+    """The arguments after `python -m <module>`, or None for another command."""
+    return command[3:] if command[:3] == ["python", "-m", module] else None
+
+
+def test_every_stage_parses_and_starts_from_weights_an_earlier_stage_wrote():
+    written, trained = set(), {}
+    for command in _commands():
+        args = _module_args(command, "components.trainer.standalone")
+        if args is None:
+            continue
+        parsed = standalone.build_parser().parse_args(args)
+        needed = ([parsed.warm_start] if parsed.warm_start else []) + (
+            parsed.teacher_weights.split(",") if parsed.teacher_weights else [])
+        assert set(needed) <= written, (parsed.output, sorted(set(needed) - written))
+        if parsed.teacher_model:
+            assert len(parsed.teacher_model.split(",")) == len(parsed.teacher_weights.split(","))
+        assert parsed.data == "/fer2013" and parsed.output not in trained
+        written.add(f"{parsed.output}/{parsed.model}.weights.h5")
+        trained[parsed.output] = parsed
+    assert len(trained) == 13
+
+
+def test_each_shipped_model_is_exported_from_a_stage_trained_as_its_metadata_records():
+    commands = _commands()
+    stages = {}
+    for command in commands:
+        args = _module_args(command, "components.trainer.standalone")
+        if args is not None:
+            parsed = standalone.build_parser().parse_args(args)
+            stages[f"{parsed.output}/{parsed.model}.weights.h5"] = parsed
+    exports = [cli._parser().parse_args(args) for args in
+               (_module_args(c, "pipeline.cli") for c in commands) if args is not None]
+    ships = [_module_args(c, "pipeline.ship") for c in commands if _module_args(c, "pipeline.ship")]
+    names = [s[s.index("--name") + 1] for s in ships]
+    assert sorted(names) == sorted(os.listdir(REPO / "models")), "one ship per model under models/"
+    assert len(exports) == len(ships)
+    for export, ship, name in zip(exports, ships, names):
+        metadata = json.loads((REPO / "models" / name / "metadata.json").read_text())
+        stage = stages[export.warm_start]
+        recipe, training = metadata["recipe"], metadata["training"]
+        assert export.command == "run" and export.epochs == 0 and export.model == stage.model == recipe["model"]
+        assert stage.classes.split(",") == recipe["classes"] == metadata["classes"], name
+        assert (export.classes or ",".join(recipe["classes"])).split(",") == metadata["classes"], name
+        assert ship[ship.index("--result") + 1] == f"{stage.output}/result.json"
+        assert stage.learning_rate == pytest.approx(recipe["learning_rate"]), name
+        assert stage.lr_schedule == recipe.get("lr_schedule", "plateau"), name
+        assert stage.label_smoothing == recipe["label_smoothing"] and stage.imbalance == recipe["imbalance"]
+        assert stage.batch_size == recipe["batch_size"] and stage.patience == recipe["early_stopping_patience"]
+        assert stage.epochs == training["epochs_run"], name  # a half cosine spans exactly these
+        served = (metadata.get("prior_correction") or {}).get("strength", 0.0)
+        assert (export.prior_correction or 0.0) == served, name
+        assert export.calibration_temperature == 0  # the Trainer's own fit, as shipped
+
+
+def test_an_unknown_stage_is_refused_and_data_is_required():
+    done = _dry_run("resnet19")
+    assert done.returncode == 2 and done.stderr.strip() == "unknown stage resnet19"
+    env = {k: v for k, v in os.environ.items() if k != "DATA"}
+    done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and "set DATA to the FER2013 folder" in done.stderr
