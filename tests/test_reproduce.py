@@ -48,7 +48,7 @@ def test_every_stage_parses_and_starts_from_weights_an_earlier_stage_wrote():
         assert parsed.data == "/fer2013" and parsed.output not in trained
         written.add(f"{parsed.output}/{parsed.model}.weights.h5")
         trained[parsed.output] = parsed
-    assert len(trained) == 13
+    assert len(trained) == 14
 
 
 def test_each_shipped_model_is_exported_from_a_stage_trained_as_its_metadata_records():
@@ -77,7 +77,8 @@ def test_each_shipped_model_is_exported_from_a_stage_trained_as_its_metadata_rec
         assert stage.lr_schedule == recipe.get("lr_schedule", "plateau"), name
         assert stage.label_smoothing == recipe["label_smoothing"] and stage.imbalance == recipe["imbalance"]
         assert stage.batch_size == recipe["batch_size"] and stage.patience == recipe["early_stopping_patience"]
-        assert stage.epochs == training["epochs_run"], name  # a half cosine spans exactly these
+        # the epochs asked for (a half cosine spans them); a shipped run may have stopped sooner
+        assert stage.epochs == recipe["epochs"] >= training["epochs_run"], name
         served = (metadata.get("prior_correction") or {}).get("strength", 0.0)
         assert (export.prior_correction or 0.0) == served, name
         assert export.calibration_temperature == 0  # the Trainer's own fit, as shipped
