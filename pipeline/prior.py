@@ -143,15 +143,15 @@ def scan(model_dir: str, data: str, strengths: Sequence[float] = STRENGTHS, per_
         bias = prior_log_bias(counts, strength)
         row = {"strength": strength}
         for name, (truth, probabilities) in splits.items():
-            m = classification_metrics(truth, served_probabilities(probabilities, bias, rule.temperature).argmax(axis=1), classes)
+            labels = served_probabilities(probabilities, bias, rule.temperature).argmax(axis=1)
+            m = classification_metrics(truth, labels, classes)
             row[name] = {"examples": m["examples"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                          "recall": {c: v["recall"] for c, v in m["per_class"].items()}}
         rows.append(row)
     best = max(rows, key=lambda r: (r["validation"]["macro_f1"], -r["strength"]))
     return {"model": model_dir, "classes": classes, "train_counts": dict(zip(classes, counts)),
             "applied_strength": rule.strength, "temperature": rule.temperature, "views": views or "none",
-            "strengths": rows,
-            "recommended": best["strength"]}
+            "strengths": rows, "recommended": best["strength"]}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
