@@ -39,11 +39,13 @@ def test_images(data: str, classes: Sequence[str]) -> Dict[str, List[str]]:
     return {emotion: split_images(data, "test", emotion) for emotion in classes}
 
 
-def served_predictor(path: str) -> Tuple[Callable, List[str]]:
-    """(`predict_image` of the SavedModel at `path`, its class names in output order)."""
+def served_predictor(path: str,
+                     signature: str = features.PREDICT_IMAGE_SIGNATURE) -> Tuple[Callable, List[str]]:
+    """(`signature` of the SavedModel at `path`, by default `predict_image`, its class names
+    in output order)."""
     import tensorflow as tf
 
-    return _predictor(tf.saved_model.load(path).signatures[features.PREDICT_IMAGE_SIGNATURE])
+    return _predictor(tf.saved_model.load(path).signatures[signature])
 
 
 def _predictor(predict: Callable) -> Tuple[Callable, List[str]]:

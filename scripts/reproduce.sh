@@ -8,8 +8,8 @@
 # the six final stages through the pipeline (`fer-pipeline run ... --epochs 0`) and scores
 # and copies them to MODELS (default OUT/models, so the repository's models/ stay as they
 # are; MODELS=models replaces them). Each training stage writes OUT/<stage>/ (weights,
-# result.json, curves.png, checkpoints); a stage with a result.json is skipped, and a stage
-# stopped part-way resumes from its checkpoints when started again. DRY_RUN=1 prints every
+# result.json, curves.png, checkpoints); a stage whose result.json says it finished is
+# skipped, and one stopped part-way (time budget, SIGTERM) resumes from its checkpoints. DRY_RUN=1 prints every
 # command and runs none (tests/test_reproduce.py checks them against the shipped models).
 #
 # Cost: on 2 CPU cores with the TensorFlow backend, about 18 hours in all (the DCNN alone
@@ -38,7 +38,7 @@ RUNS=${RUNS:-runs/reproduce}
 MODELS=${MODELS:-$OUT/models}
 PY=${PYTHON:-python}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-ALL7=angry,disgust,fear,happy,sad,surprise,neutral
+ALL7=$("$PY" -c 'from pipeline import features; print(",".join(features.EMOTIONS))')  # a 7-class start
 HSN=happy,sad,neutral
 
 run() {
@@ -53,7 +53,8 @@ weights() {  # weights STAGE MODEL: the weights a training stage writes
 train() {  # train STAGE MODEL ARGS...: one standalone training run
   local stage=$1 model=$2
   shift 2
-  if [ -z "${DRY_RUN:-}" ] && [ -f "$OUT/$stage/result.json" ]; then
+  if [ -z "${DRY_RUN:-}" ] && [ -f "$OUT/$stage/result.json" ] && "$PY" -c \
+      'import json, sys; sys.exit(not json.load(open(sys.argv[1])).get("finished"))' "$OUT/$stage/result.json"; then
     echo "= $stage: done ($OUT/$stage/result.json)"
     return
   fi

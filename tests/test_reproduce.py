@@ -5,6 +5,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -16,7 +17,7 @@ SCRIPT = REPO / "scripts" / "reproduce.sh"
 
 
 def _dry_run(*stages):
-    env = dict(os.environ, DRY_RUN="1", DATA="/fer2013", OUT="o", RUNS="r", MODELS="m", PYTHON="python")
+    env = dict(os.environ, DRY_RUN="1", DATA="/fer2013", OUT="o", RUNS="r", MODELS="m", PYTHON=sys.executable)
     done = subprocess.run(["bash", str(SCRIPT), *stages], env=env, capture_output=True, text=True,
                           cwd=REPO, check=False)
     return done
@@ -30,7 +31,7 @@ def _commands():
 
 def _module_args(command, module):
     """The arguments after `python -m <module>`, or None for another command."""
-    return command[3:] if command[:3] == ["python", "-m", module] else None
+    return command[3:] if command[:3] == [sys.executable, "-m", module] else None
 
 
 def test_every_stage_parses_and_starts_from_weights_an_earlier_stage_wrote():

@@ -155,7 +155,7 @@ def test_a_scan_through_test_time_views_reproduces_the_served_views_signature():
     report = prior.scan(os.path.dirname(metadata_path), str(FER2013), [0.0, applied], per_class=20, views="flip")
     assert report["views"] == "flip" and report["temperature"] != 1.0
     path = _version_dir(metadata_path, metadata)
-    flip = ship._predictor(tf.saved_model.load(path).signatures[features.views_signature("flip")])
+    flip = ship.served_predictor(path, features.views_signature("flip"))
     truth, served = ship.publictest_probabilities(flip, str(FER2013), per_class=20)
     _, classes, rule, _, splits = prior.network_probabilities(path, str(FER2013), per_class=20, views="flip")
     seen_truth, network = splits["publictest"]

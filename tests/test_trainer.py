@@ -321,6 +321,7 @@ def test_standalone_trainer_on_jax_and_the_pipeline_warm_started_from_its_weight
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"backend": "jax"}  # and no TensorFlow
     result = json.loads((out / standalone.RESULT_JSON).read_text())
     assert (result["backend"], result["classes"], result["epochs_run"]) == ("jax", list(SUBSET), 1)
+    assert result["finished"] is True   # not stopped by a time budget: scripts/reproduce.sh skips it
     assert result["test"]["examples"] == 90 and 0.0 <= result["test"]["accuracy"] <= 1.0
     assert result["teacher"] == {"model": "compact", "weights": teacher, "weight": 0.7,
                                  "temperature": 2.0, "views": "flip"}
@@ -514,6 +515,15 @@ def test_multiview_probabilities_are_the_mean_over_the_views():
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(standalone.probabilities(network, faces, views=model_lib.TEST_TIME_VIEWS["flip"]),
                                np.mean(each[:2], axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_the_standalone_result_says_whether_a_time_budget_stopped_it(tmp_path):
+    if not (FER2013 / "train").is_dir():
+        pytest.skip("FER2013 not found")
+    config = TrainingConfig(model="compact", classes=SUBSET, epochs=3, batch_size=16, imbalance="none")
+    result = standalone.train(str(FER2013), str(tmp_path), config, per_class=6, max_minutes=1e-6)
+    assert (result["epochs_run"], result["finished"]) == (1, False)
+    assert json.loads((tmp_path / standalone.RESULT_JSON).read_text())["finished"] is False
 
 
 def test_a_spent_time_budget_stops_training_cleanly_with_the_best_weights(tmp_path):

@@ -7,7 +7,8 @@ with the same recipe (`recipe.fit`: augmentation, class weights, Nadam, EarlySto
 and ReduceLROnPlateau on validation accuracy, checkpoints and resume, curves) and saves
 
     OUT/<model>.weights.h5   the network's weights
-    OUT/result.json          classes, recipe, history, test accuracy, per-class recall, timings
+    OUT/result.json          classes, recipe, history, test accuracy, per-class recall, timings,
+                             whether training finished (a stopped run resumes when started again)
     OUT/curves.png           accuracy and loss versus epoch
 
 The Trainer then starts from those weights and exports them as the pipeline's
@@ -212,13 +213,13 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
     if teacher:
         targets = soft_targets(y[~held_out], teacher.probabilities(x[~held_out], len(classes)),
                                teacher.weight, teacher.temperature)
-    started, epochs = time.time(), _EpochCounter()
+    started, epochs, stopper = time.time(), _EpochCounter(), recipe.StopWhenAsked(max_minutes)
     train = _Shuffled(x[~held_out], targets, config.batch_size, config.seed, example_weights)
     history = recipe.fit(
         model, network, train, (x[held_out], one_hot[y[held_out]]), config, output,
         checkpoint_dir=config.checkpoint_dir or os.path.join(output, "checkpoints"),
         class_weight=None if example_weights is not None else class_weight,
-        extra_callbacks=[ShuffleEachEpoch(train), recipe.StopWhenAsked(max_minutes), epochs],
+        extra_callbacks=[ShuffleEachEpoch(train), stopper, epochs],
         data_id=f"{os.path.abspath(data)} per_class={per_class} teacher={teacher}"
                 + (f" warm_start_classes={list(warm_start_classes)}" if warm_start_classes else ""))
     seconds = time.time() - started
@@ -237,7 +238,9 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
         "flops_per_image": int(model_lib.flops_per_image(network)),
         "train_examples": int((~held_out).sum()), "validation_examples": int(held_out.sum()),
         "train_class_counts": dict(zip(classes, counts.tolist())),
-        "epochs_run": len(history.get("loss", [])), "training_seconds": total_seconds,
+        "epochs_run": len(history.get("loss", [])),
+        # False when a time budget or SIGTERM ended it: the same command resumes it
+        "finished": not stopper.stopped, "training_seconds": total_seconds,
         "invocation_seconds": round(seconds, 1), "invocation_epochs": epochs.count,
         "seconds_per_epoch": round(total_seconds / timed_epochs, 1),
         "best_validation_accuracy": max(history["val_accuracy"]) if history.get("val_accuracy") else None,
