@@ -486,6 +486,19 @@ def test_a_history_written_before_a_metric_was_logged_keeps_its_columns_on_resum
     assert recipe.EPOCH_SECONDS not in history and recipe.training_seconds(history) is None
 
 
+def test_the_best_epoch_counts_the_epochs_of_resumed_fits_too(tmp_path):
+    # Two fits of one phase: the second (resumed) never beat the first's epoch 2, which
+    # Keras's EarlyStopping of the second fit cannot know.
+    (tmp_path / f"train.{recipe.HISTORY_CSV}").write_text(
+        "epoch,accuracy,loss,val_accuracy\n0,0.5,1.2,0.45\n1,0.6,1.0,0.61\n2,0.62,0.9,nan\n"
+        "3,0.63,0.9,0.58\n4,0.64,0.8,0.60\n")
+    assert recipe.best_epoch(str(tmp_path), "train") is None   # no best weights saved yet
+    (tmp_path / "train.best.weights.h5").write_bytes(b"")
+    assert recipe.best_epoch(str(tmp_path), "train") == (2, pytest.approx(0.61))
+    assert recipe._best_so_far(str(tmp_path), "train") == pytest.approx(0.61)
+    assert recipe.best_epoch(str(tmp_path), "finetune") is None   # another phase's history
+
+
 def test_training_seconds_are_unknown_when_an_epoch_lacks_its_time():
     assert recipe.training_seconds({"loss": [1.0, 0.9], recipe.EPOCH_SECONDS: [3.0, 4.5]}) == 7.5
     assert recipe.training_seconds({"loss": [1.0, 0.9], recipe.EPOCH_SECONDS: [float("nan"), 4.5]}) is None

@@ -34,7 +34,7 @@ import math
 import os
 import shutil
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -200,14 +200,23 @@ def best_weights_path(checkpoint_dir: str, phase: str) -> str:
     return os.path.join(checkpoint_dir, f"{phase}.best.weights.h5")
 
 
+def best_epoch(checkpoint_dir: str, phase: str) -> Optional[Tuple[int, float]]:
+    """(epoch counted from 1 over every fit of the phase, resumed ones included; its
+    validation accuracy) of the best epoch, whose weights the phase's best checkpoint
+    holds, or None when it has none yet. Keras's EarlyStopping counts only the epochs of
+    the fit it watched, so after a resume its "best epoch" can name another one."""
+    scores = np.asarray(read_history(checkpoint_dir, [phase]).get("val_accuracy", []), dtype=float)
+    if not np.any(~np.isnan(scores)) or not os.path.exists(best_weights_path(checkpoint_dir, phase)):
+        return None
+    index = int(np.nanargmax(scores))
+    return index + 1, float(scores[index])
+
+
 def _best_so_far(checkpoint_dir: str, phase: str) -> Optional[float]:
     """The best validation accuracy this phase's saved best weights hold (from its
     history), or None when it has none yet."""
-    scores = read_history(checkpoint_dir, [phase]).get("val_accuracy", [])
-    scores = [s for s in scores if not np.isnan(s)]
-    if not scores or not os.path.exists(best_weights_path(checkpoint_dir, phase)):
-        return None
-    return max(scores)
+    best = best_epoch(checkpoint_dir, phase)
+    return None if best is None else best[1]
 
 
 def cosine_learning_rate(learning_rate: float, epochs: int, epoch: int) -> float:
@@ -363,8 +372,10 @@ def fit(model: keras.Model, network: keras.Model, train, validation, config: Tra
         best = best_weights_path(checkpoint_dir, phase["name"])
         if os.path.exists(best):
             model.load_weights(best)
-            logger.info("phase %s: the weights of its best epoch (validation accuracy %.4f) are "
-                        "kept", phase["name"], _best_so_far(checkpoint_dir, phase["name"]))
+            epoch = best_epoch(checkpoint_dir, phase["name"])
+            if epoch:
+                logger.info("phase %s: the weights of its best epoch, %d of all its fits "
+                            "(validation accuracy %.4f), are kept", phase["name"], *epoch)
         if any(isinstance(c, StopWhenAsked) and c.stopped for c in extra_callbacks):
             logger.warning("phase %s stopped before its end; the same command resumes it from %s",
                            phase["name"], backup_dir(checkpoint_dir, phase["name"]))
