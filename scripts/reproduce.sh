@@ -9,8 +9,9 @@
 # and copies them to MODELS (default OUT/models, so the repository's models/ stay as they
 # are; MODELS=models replaces them). Each training stage writes OUT/<stage>/ (weights,
 # result.json, curves.png, checkpoints); a stage whose result.json says it finished is
-# skipped, and one stopped part-way (time budget, SIGTERM) resumes from its checkpoints. DRY_RUN=1 prints every
-# command and runs none (tests/test_reproduce.py checks them against the shipped models).
+# skipped, and one stopped part-way (time budget, SIGTERM) resumes from its checkpoints.
+# DRY_RUN=1 prints every command and runs none (tests/test_reproduce.py checks them
+# against the shipped models).
 #
 # Cost: on 2 CPU cores with the TensorFlow backend, about 18 hours in all (the DCNN alone
 # 5.6 hours, 5-8 minutes an epoch; a ResNet-18 epoch 85-105 s, a compact one 30-50 s); on a

@@ -34,13 +34,15 @@ def _module_args(command, module):
     return command[3:] if command[:3] == [sys.executable, "-m", module] else None
 
 
+def _trainings(commands):
+    """Every training command, parsed, in the order the script runs them."""
+    return [standalone.build_parser().parse_args(args) for args in
+            (_module_args(c, "components.trainer.standalone") for c in commands) if args is not None]
+
+
 def test_every_stage_parses_and_starts_from_weights_an_earlier_stage_wrote():
     written, trained = set(), {}
-    for command in _commands():
-        args = _module_args(command, "components.trainer.standalone")
-        if args is None:
-            continue
-        parsed = standalone.build_parser().parse_args(args)
+    for parsed in _trainings(_commands()):
         needed = ([parsed.warm_start] if parsed.warm_start else []) + (
             parsed.teacher_weights.split(",") if parsed.teacher_weights else [])
         assert set(needed) <= written, (parsed.output, sorted(set(needed) - written))
@@ -54,15 +56,10 @@ def test_every_stage_parses_and_starts_from_weights_an_earlier_stage_wrote():
 
 def test_each_shipped_model_is_exported_from_a_stage_trained_as_its_metadata_records():
     commands = _commands()
-    stages = {}
-    for command in commands:
-        args = _module_args(command, "components.trainer.standalone")
-        if args is not None:
-            parsed = standalone.build_parser().parse_args(args)
-            stages[f"{parsed.output}/{parsed.model}.weights.h5"] = parsed
+    stages = {f"{parsed.output}/{parsed.model}.weights.h5": parsed for parsed in _trainings(commands)}
     exports = [cli._parser().parse_args(args) for args in
                (_module_args(c, "pipeline.cli") for c in commands) if args is not None]
-    ships = [_module_args(c, "pipeline.ship") for c in commands if _module_args(c, "pipeline.ship")]
+    ships = [args for args in (_module_args(c, "pipeline.ship") for c in commands) if args is not None]
     names = [s[s.index("--name") + 1] for s in ships]
     assert sorted(names) == sorted(os.listdir(REPO / "models")), "one ship per model under models/"
     assert len(exports) == len(ships)
