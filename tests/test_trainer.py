@@ -499,6 +499,74 @@ def test_the_best_epoch_counts_the_epochs_of_resumed_fits_too(tmp_path):
     assert recipe.best_epoch(str(tmp_path), "finetune") is None   # another phase's history
 
 
+def test_the_weight_average_is_the_mean_of_its_epochs_and_a_resumed_fit_continues_it(tmp_path):
+    network = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    path = str(tmp_path / "train.average.npz")
+
+    def averaging(start):
+        averager = recipe.WeightAverage(network, start)
+        averager.path = path   # as recipe.fit names it
+        return averager
+
+    def epoch_ends_with(averager, epoch, value):
+        network.set_weights([np.full((2, 1), value, "float32"), np.full((1,), -value, "float32")])
+        averager.on_epoch_end(epoch - 1)   # Keras counts epochs from 0
+
+    first = averaging(start=2)
+    assert first.apply() == 0   # nothing averaged yet: the network is left as it is
+    for epoch, value in ((1, 1.0), (2, 2.0), (3, 4.0)):
+        epoch_ends_with(first, epoch, value)
+    assert first.state()[:2] == (2, 3)   # epochs 2 and 3, not the first
+
+    resumed = averaging(start=2)        # a new process, the same checkpoint directory
+    epoch_ends_with(resumed, 3, 100.0)  # an epoch the average already holds counts once
+    epoch_ends_with(resumed, 4, 6.0)
+    assert resumed.apply() == 3
+    np.testing.assert_allclose(network.get_weights()[0], np.full((2, 1), 4.0))   # (2 + 4 + 6) / 3
+    np.testing.assert_allclose(network.get_weights()[1], [-4.0])
+    with pytest.raises(ValueError, match="starts at an epoch >= 1"):
+        recipe.WeightAverage(network, 0)
+
+
+def test_batch_norm_statistics_are_recomputed_as_the_mean_over_the_batches():
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(momentum=0.9)])
+    network = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3, use_bias=False), inner])
+    network.layers[0].set_weights([np.eye(3, dtype="float32")])
+    batches = [np.random.default_rng(i).normal(i, 1 + i, (16, 3)).astype("float32") for i in range(3)]
+    assert recipe.recompute_batch_norm(network, iter(batches)) == 3
+    norm = inner.layers[0]   # found inside the nested model
+    np.testing.assert_allclose(norm.moving_mean.numpy(), np.mean([b.mean(axis=0) for b in batches], axis=0),
+                               rtol=1e-5)
+    np.testing.assert_allclose(norm.moving_variance.numpy(), np.mean([b.var(axis=0) for b in batches], axis=0),
+                               rtol=1e-4)
+    assert norm.momentum == 0.9   # restored
+
+
+def test_standalone_weight_averaging_keeps_the_better_on_validation_and_saves_the_average(tmp_path):
+    if not (FER2013 / "train").is_dir():
+        pytest.skip("FER2013 not found")
+    config = TrainingConfig(model="compact", classes=SUBSET, epochs=3, batch_size=16, imbalance="none",
+                            early_stopping_patience=10)
+    result = standalone.train(str(FER2013), str(tmp_path), config, per_class=12, average_from=2)
+    average = result["weight_average"]
+    assert (average["from_epoch"], average["epochs"]) == (2, 2)
+    assert average["kept"] == ("average" if average["validation_accuracy"] >= average["best_epoch_validation_accuracy"]
+                               else "best epoch")
+    assert result["test"]["accuracy"] == pytest.approx(
+        average["test_accuracy"] if average["kept"] == "average" else average["best_epoch_test_accuracy"])
+    averaged = model_lib.build("compact", len(SUBSET))
+    averaged.load_weights(str(tmp_path / "compact.average.weights.h5"))
+    x_test, y_test, _ = standalone.load_split(str(FER2013), "test", SUBSET, 12)
+    assert standalone.evaluate(averaged, x_test, y_test, SUBSET)["accuracy"] == pytest.approx(
+        average["test_accuracy"])
+
+
+def test_standalone_refuses_a_negative_average_from(tmp_path, capsys):
+    assert standalone.main(["--data", str(tmp_path), "--output", str(tmp_path / "o"),
+                            "--average-from", "-1"]) == 2
+    assert "--average-from must be >= 0" in capsys.readouterr().err
+
+
 def test_training_seconds_are_unknown_when_an_epoch_lacks_its_time():
     assert recipe.training_seconds({"loss": [1.0, 0.9], recipe.EPOCH_SECONDS: [3.0, 4.5]}) == 7.5
     assert recipe.training_seconds({"loss": [1.0, 0.9], recipe.EPOCH_SECONDS: [float("nan"), 4.5]}) is None

@@ -22,6 +22,8 @@ TFX Trainer (TensorFlow backend) and in the standalone trainer (JAX backend).
   leaves `<phase>.done.weights.h5` and is not repeated on resume.
 - Time: each epoch's wall-clock seconds are logged with its metrics (`epoch_seconds`), so
   the time a training took is known across resumptions too.
+- Weight averaging (`WeightAverage`, `recompute_batch_norm`): the mean of the network's
+  weights over a phase's epochs from a given one on, kept across resumptions.
 - Curves: accuracy and loss versus epoch as a PNG.
 """
 import contextlib
@@ -192,12 +194,89 @@ def training_seconds(history: Dict[str, List[float]]) -> Optional[float]:
     return round(float(np.sum(seconds)), 1)
 
 
+class WeightAverage(keras.callbacks.Callback):
+    """Stochastic weight averaging (Izmailov et al., 2018): the running mean of the
+    network's trainable weights at the end of every epoch of a phase from `start`
+    (counted from 1) on. `fit` names the file that holds it (`average_path`: the mean, how
+    many epochs it holds and the last one), so a fit stopped and resumed goes on with the
+    same average. `apply` puts the mean into the network; its batch-normalisation
+    statistics, which belong to none of the averaged weights, then need
+    `recompute_batch_norm`."""
+
+    def __init__(self, network: keras.Model, start: int):
+        super().__init__()
+        if start < 1:
+            raise ValueError(f"weight averaging starts at an epoch >= 1, got {start}")
+        self.network, self.start, self.path = network, start, ""
+
+    def state(self) -> Tuple[int, int, List[np.ndarray]]:
+        """(epochs averaged, the last of them, the mean weights); (0, 0, []) before any."""
+        if not self.path or not os.path.exists(self.path):
+            return 0, 0, []
+        with np.load(self.path) as saved:
+            count, last = int(saved["count"]), int(saved["last"])
+            return count, last, [saved[f"w{i}"] for i in range(len(saved.files) - 2)]
+
+    def on_epoch_end(self, epoch, logs=None):
+        number = epoch + 1
+        count, last, mean = self.state()
+        if number < self.start or number <= last:
+            return
+        weights = [keras.ops.convert_to_numpy(v) for v in self.network.trainable_variables]
+        mean = [m + (w - m) / (count + 1) for m, w in zip(mean, weights)] if mean else weights
+        partial = self.path + ".partial.npz"
+        np.savez(partial, count=count + 1, last=number, **{f"w{i}": w for i, w in enumerate(mean)})
+        os.replace(partial, self.path)
+        logger.info("weight average: %d epoch(s), %d to %d", count + 1, number - count, number)
+
+    def apply(self) -> int:
+        """Puts the mean into the network; returns how many epochs it holds (0: none yet,
+        the network is left as it is)."""
+        count, _, mean = self.state()
+        for variable, value in zip(self.network.trainable_variables, mean):
+            variable.assign(value)
+        return count
+
+
+def _batch_norm_layers(layer) -> List[keras.layers.BatchNormalization]:
+    found = [layer] if isinstance(layer, keras.layers.BatchNormalization) else []
+    for inner in getattr(layer, "layers", []):
+        found += _batch_norm_layers(inner)
+    return found
+
+
+def recompute_batch_norm(network: keras.Model, batches) -> int:
+    """Sets every trainable batch-normalisation layer's moving mean and variance to the
+    mean of its batch statistics over `batches` (input arrays), the network in training
+    mode: what weights averaged over epochs need, since no epoch's statistics belong to
+    them. Returns the number of batches."""
+    norms = [layer for layer in _batch_norm_layers(network) if layer.trainable]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape, "float32"))
+        layer.moving_variance.assign(np.ones(layer.moving_variance.shape, "float32"))
+    count = 0
+    try:
+        for count, batch in enumerate(batches, start=1):
+            for layer in norms:   # moving = the mean of the batches' statistics so far
+                layer.momentum = (count - 1) / count
+            network(batch, training=True)
+    finally:
+        for layer, momentum in zip(norms, momenta):
+            layer.momentum = momentum
+    return count
+
+
 def backup_dir(checkpoint_dir: str, phase: str) -> str:
     return os.path.join(checkpoint_dir, f"{phase}.backup")
 
 
 def best_weights_path(checkpoint_dir: str, phase: str) -> str:
     return os.path.join(checkpoint_dir, f"{phase}.best.weights.h5")
+
+
+def average_path(checkpoint_dir: str, phase: str) -> str:
+    return os.path.join(checkpoint_dir, f"{phase}.average.npz")
 
 
 def best_epoch(checkpoint_dir: str, phase: str) -> Optional[Tuple[int, float]]:
@@ -367,6 +446,8 @@ def fit(model: keras.Model, network: keras.Model, train, validation, config: Tra
         for callback in phase_callbacks:
             if isinstance(callback, ByEpoch):
                 callback.epoch_offset = phase_offset
+            if isinstance(callback, WeightAverage):
+                callback.path = average_path(checkpoint_dir, phase["name"])
         model.fit(train, validation_data=validation, epochs=phase["epochs"],
                   callbacks=phase_callbacks, class_weight=class_weight, verbose=2)
         best = best_weights_path(checkpoint_dir, phase["name"])

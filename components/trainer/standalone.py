@@ -10,9 +10,17 @@ and ReduceLROnPlateau on validation accuracy, checkpoints and resume, curves) an
     OUT/result.json          classes, recipe, history, test accuracy, per-class recall, timings,
                              whether training finished (a stopped run resumes when started again)
     OUT/curves.png           accuracy and loss versus epoch
+    OUT/<model>.average.weights.h5  with --average-from: the mean of the epochs' weights
 
 The Trainer then starts from those weights and exports them as the pipeline's
 SavedModel (`fer-pipeline run ... --warm-start OUT/<model>.weights.h5 --epochs 0`).
+
+Weight averaging (`--average-from K`, stochastic weight averaging): the running mean of
+the network's weights at the end of epochs K, K+1, ..., its batch-normalisation
+statistics then recomputed over the training faces; it replaces the best epoch's weights
+when it is no worse on validation, and result.json says which was kept. Train at a
+constant learning rate for it (`--lr-schedule plateau` with a `--reduce-lr-patience`
+longer than the run), so the epochs it averages differ.
 
     KERAS_BACKEND=jax python -m components.trainer.standalone --data DIR --model vggnet \
         --epochs 100 --output OUT
@@ -183,11 +191,12 @@ class Teacher:
 
 def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
           teacher: Optional[Teacher] = None, max_minutes: float = 0.0,
-          warm_start_classes: Sequence[str] = ()) -> Dict:
+          warm_start_classes: Sequence[str] = (), average_from: int = 0) -> Dict:
     """Trains `config.model` on data/train (distilled from `teacher` if given), evaluates
     on data/test; writes the weights, result.json and curves.png into `output`; returns
     the result. `warm_start_classes`: the classes `config.warm_start` was trained on, when
-    not the same as `config.classes` (a superset)."""
+    not the same as `config.classes` (a superset). `average_from` > 0: also average the
+    weights of every epoch from that one on (`average_weights`)."""
     os.makedirs(output, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     classes = list(config.classes)
@@ -215,13 +224,18 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
                                teacher.weight, teacher.temperature)
     started, epochs, stopper = time.time(), _EpochCounter(), recipe.StopWhenAsked(max_minutes)
     train = _Shuffled(x[~held_out], targets, config.batch_size, config.seed, example_weights)
+    averager = recipe.WeightAverage(network, average_from) if average_from else None
     history = recipe.fit(
         model, network, train, (x[held_out], one_hot[y[held_out]]), config, output,
         checkpoint_dir=config.checkpoint_dir or os.path.join(output, "checkpoints"),
         class_weight=None if example_weights is not None else class_weight,
-        extra_callbacks=[ShuffleEachEpoch(train), stopper, epochs],
+        extra_callbacks=[ShuffleEachEpoch(train), stopper, epochs] + ([averager] if averager else []),
         data_id=f"{os.path.abspath(data)} per_class={per_class} teacher={teacher}"
-                + (f" warm_start_classes={list(warm_start_classes)}" if warm_start_classes else ""))
+                + (f" warm_start_classes={list(warm_start_classes)}" if warm_start_classes else "")
+                + (f" average_from={average_from}" if average_from else ""))
+    average = (average_weights(network, averager, x[~held_out], (x[held_out], y[held_out]),
+                               (x_test, y_test), classes, config.batch_size, output, config.model)
+               if averager else None)
     seconds = time.time() - started
     # Every epoch's time, those of earlier invocations a resumed run continues included;
     # this invocation's fit alone when the history lacks epoch times.
@@ -252,10 +266,43 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
         "teacher": dataclasses.asdict(teacher) if teacher else None,
         "warm_start_classes": list(warm_start_classes or classes) if config.warm_start else None,
         "warm_start_test": warm_start_test,
+        "weight_average": average,
         "machine": machine(), "date": time.strftime("%Y-%m-%d"),
     }
     with open(os.path.join(output, RESULT_JSON), "w") as f:
         json.dump(result, f, indent=1)
+    return result
+
+
+def average_weights(network: keras.Model, averager: recipe.WeightAverage, x_train: np.ndarray,
+                    validation: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarray, np.ndarray],
+                    classes: Sequence[str], batch_size: int, output: str, model: str) -> Optional[Dict]:
+    """After the fit: the mean of the epochs' weights (`recipe.WeightAverage`), its
+    batch-normalisation statistics recomputed on the training faces, saved as
+    OUT/<model>.average.weights.h5. The network keeps it when its validation accuracy is
+    at least the best epoch's, else the best epoch's weights. Returns both validation and
+    PublicTest accuracies and which was kept (None before any epoch was averaged)."""
+    best = network.get_weights()
+    best_validation = evaluate(network, *validation, classes)["accuracy"]
+    best_test = evaluate(network, *test, classes)["accuracy"]
+    epochs = averager.apply()
+    if not epochs:
+        return None
+    batches = recipe.recompute_batch_norm(
+        network, (x_train[i:i + batch_size] for i in range(0, len(x_train), batch_size)))
+    network.save_weights(os.path.join(output, f"{model}.average.weights.h5"))
+    validation_accuracy = evaluate(network, *validation, classes)["accuracy"]
+    kept = "average" if validation_accuracy >= best_validation else "best epoch"
+    result = {"from_epoch": averager.start, "epochs": epochs, "batch_norm_batches": batches,
+              "validation_accuracy": validation_accuracy,
+              "test_accuracy": evaluate(network, *test, classes)["accuracy"],
+              "best_epoch_validation_accuracy": best_validation, "best_epoch_test_accuracy": best_test,
+              "kept": kept}
+    if kept != "average":
+        network.set_weights(best)
+    logging.getLogger(__name__).info(
+        "weight average of %d epochs: validation accuracy %.4f against the best epoch's %.4f; "
+        "the %s is kept", epochs, validation_accuracy, best_validation, kept)
     return result
 
 
@@ -359,6 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the teacher's probabilities averaged over these test-time views of each face")
     parser.add_argument("--teacher-flip", dest="teacher_views", action="store_const", const="flip",
                         help="the same as --teacher-views flip: each face and its mirror image")
+    parser.add_argument("--average-from", type=int, default=0,
+                        help="also average the weights of every epoch from this one on "
+                             "(stochastic weight averaging; kept when no worse on validation); "
+                             "0: off")
     parser.add_argument("--max-minutes", type=float, default=0.0,
                         help="stop cleanly (best weights kept and saved) after this many minutes "
                              "of training; SIGTERM does the same")
@@ -390,8 +441,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                            if args.warm_start_classes else ())
         if trained_classes and not args.warm_start:
             raise ValueError("--warm-start-classes needs --warm-start")
+        if args.average_from < 0:
+            raise ValueError(f"--average-from must be >= 0, got {args.average_from}")
         result = train(args.data, args.output, config, args.per_class, teacher, args.max_minutes,
-                       trained_classes)
+                       trained_classes, args.average_from)
     except (ValueError, FileNotFoundError) as error:
         sys.stderr.write(f"error: {error}\n")
         return 2
