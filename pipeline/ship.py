@@ -198,7 +198,7 @@ def ship(pushed: str, name: str, data: str, models_dir: str = "models",
         metadata["training"] = {k: (trained.get("training") or trained).get(k) for k in (
             "backend", "parameters", "flops_per_image", "train_examples", "validation_examples",
             "epochs_run", "training_seconds", "seconds_per_epoch", "best_validation_accuracy",
-            "machine")}
+            "weight_average", "machine")}
         metadata["history"] = trained.get("history")
     with open(os.path.join(models_dir, name, METADATA_JSON), "w") as f:
         json.dump(_without_directories(metadata), f, indent=1)
