@@ -30,7 +30,8 @@
 #   resnet18-mv [resnet18-hsn + dcnn-hsn, 8 views] -> resnet18-mv-hsn  = fer2013-resnet18-happy-sad-neutral
 #   dcnn-hsn                                                          = fer2013-dcnn-happy-sad-neutral
 #   [resnet18-kd + dcnn, flip] -> compact-resnet-kd
-#   compact-resnet-kd [resnet18-mv, 8 views] -> compact-mv -> (again) compact-mv2 = fer2013-compact
+#   compact-resnet-kd [resnet18-mv, 8 views] -> compact-mv -> (again) compact-mv2
+#   compact-mv2 [resnet18-swa, 8 views; weights averaged] -> compact-swa = fer2013-compact
 #   compact-mv2 [resnet18-mv-hsn, 8 views] -> compact-mv2-hsn          = fer2013-compact-happy-sad-neutral
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -136,6 +137,10 @@ stage() {
     compact-mv2) train compact-mv2 compact_resnet --warm-start "$(weights compact-mv compact_resnet)" \
         --epochs 30 --learning-rate 3e-4 --lr-schedule cosine --patience 40 \
         --teacher-model resnet18 --teacher-weights "$(weights resnet18-mv resnet18)" --teacher-views multiview ;;
+    compact-swa) train compact-swa compact_resnet --warm-start "$(weights compact-mv2 compact_resnet)" \
+        --epochs 16 --learning-rate 3e-4 --lr-schedule plateau --reduce-lr-patience 100 \
+        --patience 100 --teacher-model resnet18 --teacher-weights "$(weights resnet18-swa resnet18)" \
+        --teacher-views multiview --average-from 1 ;;
     compact-mv2-hsn) train compact-mv2-hsn compact_resnet --classes $HSN --warm-start-classes $ALL7 \
         --warm-start "$(weights compact-mv2 compact_resnet)" --epochs 16 --learning-rate 5e-4 \
         --lr-schedule cosine --patience 40 \
@@ -145,14 +150,15 @@ stage() {
       ship fer2013-dcnn-happy-sad-neutral dcnn dcnn-hsn --classes $HSN
       ship fer2013-resnet18 resnet18 resnet18-swa
       ship fer2013-resnet18-happy-sad-neutral resnet18 resnet18-mv-hsn --classes $HSN
-      ship fer2013-compact compact_resnet compact-mv2
+      ship fer2013-compact compact_resnet compact-swa
       ship fer2013-compact-happy-sad-neutral compact_resnet compact-mv2-hsn --classes $HSN ;;
     *) echo "unknown stage $1" >&2; exit 2 ;;
   esac
 }
 
 STAGES=(dcnn dcnn-hsn resnet18 resnet18-restart resnet18-hsn resnet18-kd dcnn-kd resnet18-mv
-        resnet18-swa dcnn-mv resnet18-mv-hsn compact-resnet-kd compact-mv compact-mv2 compact-mv2-hsn ship)
+        resnet18-swa dcnn-mv resnet18-mv-hsn compact-resnet-kd compact-mv compact-mv2 compact-swa
+        compact-mv2-hsn ship)
 for name in "${@:-${STAGES[@]}}"; do
   stage "$name"
 done
