@@ -27,7 +27,8 @@
 #   resnet18-kd [itself, 8 views] -> resnet18-mv
 #   resnet18-mv [itself, 8 views; weights averaged] -> resnet18-swa    = fer2013-resnet18
 #   dcnn-kd [resnet18-mv, 8 views] -> dcnn-mv                          = fer2013-dcnn
-#   resnet18-mv [resnet18-hsn + dcnn-hsn, 8 views] -> resnet18-mv-hsn  = fer2013-resnet18-happy-sad-neutral
+#   resnet18-mv [resnet18-hsn + dcnn-hsn, 8 views] -> resnet18-mv-hsn
+#   resnet18-mv-hsn [itself, 8 views; weights averaged] -> resnet18-hsn-swa = fer2013-resnet18-happy-sad-neutral
 #   dcnn-hsn                                                          = fer2013-dcnn-happy-sad-neutral
 #   [resnet18-kd + dcnn, flip] -> compact-resnet-kd
 #   compact-resnet-kd [resnet18-mv, 8 views] -> compact-mv -> (again) compact-mv2
@@ -128,6 +129,11 @@ stage() {
         --lr-schedule cosine --patience 14 --teacher-model resnet18,dcnn \
         --teacher-weights "$(weights resnet18-hsn resnet18),$(weights dcnn-hsn dcnn)" \
         --teacher-views multiview ;;
+    resnet18-hsn-swa) train resnet18-hsn-swa resnet18 --classes $HSN \
+        --warm-start "$(weights resnet18-mv-hsn resnet18)" --epochs 10 --learning-rate 1.25e-4 \
+        --lr-schedule plateau --reduce-lr-patience 100 --patience 100 --teacher-model resnet18 \
+        --teacher-weights "$(weights resnet18-mv-hsn resnet18)" --teacher-views multiview \
+        --temperature 1 --average-from 1 ;;
     compact-resnet-kd) train compact-resnet-kd compact_resnet --epochs 45 --learning-rate 1e-3 \
         --lr-schedule cosine --patience 45 --teacher-model resnet18,dcnn --teacher-flip \
         --teacher-weights "$(weights resnet18-kd resnet18),$(weights dcnn dcnn)" ;;
@@ -149,7 +155,7 @@ stage() {
       ship fer2013-dcnn dcnn dcnn-mv --prior-correction 0.25
       ship fer2013-dcnn-happy-sad-neutral dcnn dcnn-hsn --classes $HSN
       ship fer2013-resnet18 resnet18 resnet18-swa
-      ship fer2013-resnet18-happy-sad-neutral resnet18 resnet18-mv-hsn --classes $HSN
+      ship fer2013-resnet18-happy-sad-neutral resnet18 resnet18-hsn-swa --classes $HSN
       ship fer2013-compact compact_resnet compact-swa
       ship fer2013-compact-happy-sad-neutral compact_resnet compact-mv2-hsn --classes $HSN ;;
     *) echo "unknown stage $1" >&2; exit 2 ;;
@@ -157,8 +163,8 @@ stage() {
 }
 
 STAGES=(dcnn dcnn-hsn resnet18 resnet18-restart resnet18-hsn resnet18-kd dcnn-kd resnet18-mv
-        resnet18-swa dcnn-mv resnet18-mv-hsn compact-resnet-kd compact-mv compact-mv2 compact-swa
-        compact-mv2-hsn ship)
+        resnet18-swa dcnn-mv resnet18-mv-hsn resnet18-hsn-swa compact-resnet-kd compact-mv compact-mv2
+        compact-swa compact-mv2-hsn ship)
 for name in "${@:-${STAGES[@]}}"; do
   stage "$name"
 done
