@@ -282,12 +282,12 @@ def average_weights(network: keras.Model, averager: recipe.WeightAverage, x_trai
     OUT/<model>.average.weights.h5. The network keeps it when its validation accuracy is
     at least the best epoch's, else the best epoch's weights. Returns both validation and
     PublicTest accuracies and which was kept (None before any epoch was averaged)."""
+    if not averager.state()[0]:
+        return None
     best = network.get_weights()
     best_validation = evaluate(network, *validation, classes)["accuracy"]
     best_test = evaluate(network, *test, classes)["accuracy"]
     epochs = averager.apply()
-    if not epochs:
-        return None
     batches = recipe.recompute_batch_norm(
         network, (x_train[i:i + batch_size] for i in range(0, len(x_train), batch_size)))
     network.save_weights(os.path.join(output, f"{model}.average.weights.h5"))
