@@ -108,6 +108,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained-weights", metavar="H5",
                    help="ImageNet weights for vgg16/resnet50 (default: the Keras cache if it has "
                         "them, else random initialisation)")
+    p.add_argument("--average-from", type=int, metavar="EPOCH",
+                   help="average the weights of every epoch from this one on (stochastic weight "
+                        "averaging; kept when no worse on validation; default 0: off); meant for "
+                        "a constant learning rate, e.g. fine-tuning a --warm-start")
     p.add_argument("--checkpoint-dir",
                    help="a stable checkpoint directory: a re-run after an interruption resumes "
                         "from the last finished epoch (also with a larger --epochs)")
@@ -232,7 +236,7 @@ def _training_overrides(args: argparse.Namespace) -> tuple:
         raise ValueError(f"--training-config {args.training_config}: {e}") from None
     for key in ("optimizer", "learning_rate", "lr_schedule", "batch_size", "label_smoothing",
                 "random_erasing", "pretrained_weights", "checkpoint_dir", "warm_start", "prior_correction",
-                "calibration_temperature"):
+                "calibration_temperature", "average_from"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     for key in ("pretrained_weights", "checkpoint_dir", "warm_start"):

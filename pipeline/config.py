@@ -146,6 +146,14 @@ class TrainingConfig(_DictMixin):
     # Weights (.weights.h5) trained elsewhere, e.g. on a GPU with the standalone trainer,
     # loaded before training; with epochs=0 the Trainer only exports them.
     warm_start: str = ""
+    # Weight averaging (stochastic weight averaging, Izmailov et al., 2018): the running
+    # mean of the network's weights at the end of every epoch from this one (counted from
+    # 1, in the last phase) on; after the fit its batch-normalisation statistics are
+    # recomputed on the training faces and it replaces the best epoch's weights when no
+    # worse on the validation carve-out. Meant for a constant learning rate (lr_schedule
+    # plateau with reduce_lr_patience and early_stopping_patience above the epochs, e.g.
+    # fine-tuning a warm start). 0 = off.
+    average_from: int = 0
     seed: int = 42
 
     def __post_init__(self):
@@ -160,6 +168,8 @@ class TrainingConfig(_DictMixin):
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.epochs < 0 or (self.epochs == 0 and not self.warm_start):
             raise ValueError(f"epochs must be >= 1 (0 only with a warm start), got {self.epochs}")
+        if self.average_from < 0:
+            raise ValueError(f"average_from must be >= 0 (0: off), got {self.average_from}")
         if self.early_stopping_patience < 0 or self.reduce_lr_patience < 0:
             raise ValueError("early_stopping_patience and reduce_lr_patience must be >= 0")
         if not 0.0 < self.reduce_lr_factor < 1.0:

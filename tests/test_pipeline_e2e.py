@@ -106,14 +106,20 @@ def test_run_fn_trains_a_few_steps_and_exports_all_signatures(smoke, tmp_path):
     transform_graph = sorted(glob.glob(os.path.join(output, "tfx", "Transform", "transform_graph", "*")))[-1]
     examples = sorted(glob.glob(os.path.join(output, "tfx", "Transform", "transformed_examples", "*")))[-1]
     training = profile_configs("smoke", "dcnn", features.EMOTIONS).training
-    config = dict(training.to_dict(), epochs=1, batch_size=16, imbalance="none", prior_correction=0.5,
-                  calibration_temperature=0.0)
+    config = dict(training.to_dict(), epochs=2, batch_size=16, imbalance="none", prior_correction=0.5,
+                  calibration_temperature=0.0, average_from=1, lr_schedule="plateau")
     serving_dir = tmp_path / "serving_model"
     run_fn(FnArgs(train_files=[os.path.join(examples, "Split-train", "*")],
                   transform_output=transform_graph, serving_model_dir=str(serving_dir),
                   model_run_dir=str(tmp_path / "run"), custom_config=config))
     history = json.loads((tmp_path / "run" / "history.json").read_text())
-    assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
+    assert len(history["loss"]) == 2 and np.isfinite(history["loss"]).all()
+    # average_from 1: the mean of both epochs' weights, kept when no worse on validation.
+    average = json.loads((tmp_path / "run" / "weight_average.json").read_text())
+    assert (average["from_epoch"], average["epochs"]) == (1, 2) and average["batch_norm_batches"] > 0
+    assert average["kept"] == ("average" if average["validation_accuracy"]
+                               >= average["best_epoch_validation_accuracy"] else "best epoch")
+    assert max(history["val_accuracy"]) == pytest.approx(average["best_epoch_validation_accuracy"])
     # The prior correction is built from the counts the model trained on, and recorded.
     balance = json.loads((tmp_path / "run" / "class_balance.json").read_text())
     correction = json.loads((serving_dir / features.PRIOR_CORRECTION_ASSET).read_text())

@@ -393,6 +393,7 @@ def _assert_subset_model(summary):
     (["--prior-correction", "-1"], None, "prior_correction must be in [0, 2], got -1.0"),
     (["--calibration-temperature", "0.01"], None,
      "calibration_temperature must be 0 (fit it) or in [0.05, 20], got 0.01"),
+    (["--average-from", "-2"], None, "average_from must be >= 0 (0: off), got -2"),
 ])
 def test_bad_training_settings_give_one_line_and_exit_2(extra, config_text, message, tmp_path, capsys,
                                                         monkeypatch):
@@ -546,8 +547,8 @@ def test_standalone_weight_averaging_keeps_the_better_on_validation_and_saves_th
     if not (FER2013 / "train").is_dir():
         pytest.skip("FER2013 not found")
     config = TrainingConfig(model="compact", classes=SUBSET, epochs=3, batch_size=16, imbalance="none",
-                            early_stopping_patience=10)
-    result = standalone.train(str(FER2013), str(tmp_path), config, per_class=12, average_from=2)
+                            early_stopping_patience=10, average_from=2)
+    result = standalone.train(str(FER2013), str(tmp_path), config, per_class=12)
     average = result["weight_average"]
     assert (average["from_epoch"], average["epochs"]) == (2, 2)
     assert average["kept"] == ("average" if average["validation_accuracy"] >= average["best_epoch_validation_accuracy"]
@@ -564,7 +565,7 @@ def test_standalone_weight_averaging_keeps_the_better_on_validation_and_saves_th
 def test_standalone_refuses_a_negative_average_from(tmp_path, capsys):
     assert standalone.main(["--data", str(tmp_path), "--output", str(tmp_path / "o"),
                             "--average-from", "-1"]) == 2
-    assert "--average-from must be >= 0" in capsys.readouterr().err
+    assert "average_from must be >= 0" in capsys.readouterr().err
 
 
 def test_training_seconds_are_unknown_when_an_epoch_lacks_its_time():
@@ -727,16 +728,18 @@ def test_checkpoint_key_ignores_what_only_the_export_applies(tmp_path):
     assert key(prior_correction=0.5, calibration_temperature=1.3) == key()
 
 
-def test_checkpoint_key_follows_random_erasing_only_when_it_is_on(tmp_path):
-    """Turning random erasing on starts a fresh checkpoint directory; leaving it off keeps the
-    directory a configuration had before the setting existed (its key omits the field)."""
+@pytest.mark.parametrize("field, value, other", [("random_erasing", 0.5, 0.25), ("average_from", 3, 1)])
+def test_checkpoint_key_follows_a_newer_setting_only_when_it_is_on(field, value, other, tmp_path):
+    """Turning random erasing or weight averaging on starts a fresh checkpoint directory
+    (an average holds the epochs of its own run only); leaving it off keeps the directory a
+    configuration had before the setting existed (its key omits the field)."""
     key = lambda **fields: recipe.training_dir(str(tmp_path), TrainingConfig(**fields), "data-id")
     off = key()
-    assert key(random_erasing=0.0) == off
-    on = key(random_erasing=0.5)
-    assert on != off and key(random_erasing=0.25) not in (on, off)
+    assert key(**{field: type(value)(0)}) == off
+    on = key(**{field: value})
+    assert on != off and key(**{field: other}) not in (on, off)
     with open(os.path.join(on, recipe._CONFIG_JSON)) as f:
-        assert json.load(f)["recipe"]["random_erasing"] == 0.5
+        assert json.load(f)["recipe"][field] == value
 
 
 def test_the_trainer_holds_out_exactly_the_faces_the_standalone_trainer_holds_out():

@@ -36,7 +36,7 @@ import math
 import os
 import shutil
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -267,6 +267,34 @@ def recompute_batch_norm(network: keras.Model, batches) -> int:
     return count
 
 
+def keep_average(network: keras.Model, averager: WeightAverage, inputs: Iterable,
+                 score: Callable[[], Dict[str, float]], save_to: str = "") -> Optional[Dict]:
+    """After the fit, on the network holding its best epoch's weights: puts the weight
+    average in (`averager.apply`), recomputes its batch-normalisation statistics over
+    `inputs` (training input batches, un-augmented) and saves it to `save_to` if given.
+    `score()` measures the network as it stands ({'validation_accuracy': ..., and any
+    other accuracies}); the average stays when its validation accuracy is at least the
+    best epoch's, else the best epoch's weights come back. Returns the average's scores,
+    the best epoch's (prefixed 'best_epoch_') and which was kept; None (and the network
+    untouched) when no epoch was averaged."""
+    if not averager.state()[0]:
+        return None
+    best_weights, best = network.get_weights(), score()
+    epochs = averager.apply()
+    batches = recompute_batch_norm(network, inputs)
+    if save_to:
+        network.save_weights(save_to)
+    average = score()
+    kept = "average" if average["validation_accuracy"] >= best["validation_accuracy"] else "best epoch"
+    if kept != "average":
+        network.set_weights(best_weights)
+    logger.info("weight average of %d epochs: validation accuracy %.4f against the best epoch's "
+                "%.4f; the %s is kept", epochs, average["validation_accuracy"],
+                best["validation_accuracy"], kept)
+    return {"from_epoch": averager.start, "epochs": epochs, "batch_norm_batches": batches, **average,
+            **{f"best_epoch_{name}": value for name, value in best.items()}, "kept": kept}
+
+
 def backup_dir(checkpoint_dir: str, phase: str) -> str:
     return os.path.join(checkpoint_dir, f"{phase}.backup")
 
@@ -353,8 +381,9 @@ def training_dir(checkpoint_dir: str, config: TrainingConfig, data_id: str) -> s
     # The epoch count only says when to stop, except under the cosine, whose curve it sets.
     ignored = tuple(f for f in _STOPPING_FIELDS if not (f == "epochs" and config.lr_schedule == "cosine"))
     identity = {k: v for k, v in recipe.items() if k not in ignored + _EXPORT_FIELDS}
-    if not config.random_erasing:  # keys from before random erasing existed stay valid
-        identity.pop("random_erasing", None)
+    for field in ("random_erasing", "average_from"):  # keys from before they existed stay valid
+        if not getattr(config, field):
+            identity.pop(field, None)
     if config.augment:
         identity["augmentation"] = dict(model_lib.AUGMENTATION, layer=model_lib.RandomFaceTransform.__name__,
                                         version=model_lib.RandomFaceTransform.VERSION)

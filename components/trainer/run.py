@@ -41,12 +41,18 @@ def run_fn(fn_args: FnArgs) -> None:
         if config.warm_start:
             load_warm_start(network, config.warm_start)
         model = model_lib.training_model(network, config)
-    history = {}
+    history, average = {}, None
     if config.epochs > 0:
+        averager = recipe.WeightAverage(network, config.average_from) if config.average_from else None
         history = recipe.fit(model, network, train_ds, validation_ds, config, fn_args.model_run_dir,
                              checkpoint_dir=config.checkpoint_dir, class_weight=class_weight,
                              scope=strategy.scope, data_id=",".join(sorted(fn_args.train_files)),
-                             extra_callbacks=[epoch])
+                             extra_callbacks=[epoch] + ([averager] if averager else []))
+        if averager:   # batch-norm statistics from one pass over the training faces
+            average = recipe.keep_average(
+                network, averager, train_ds.map(lambda pixels, label: pixels),
+                lambda: {"validation_accuracy": model.evaluate(validation_ds, verbose=0,
+                                                               return_dict=True)["accuracy"]})
         recipe.write_curves(history, os.path.join(fn_args.model_run_dir, recipe.CURVES_PNG),
                             f"{config.model}, {len(config.classes)} classes")
     if config.prior_correction > 0 and config.imbalance != "none":
@@ -64,6 +70,9 @@ def run_fn(fn_args: FnArgs) -> None:
                                 temperature, fitted_on)
     with open(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
         json.dump(history, f, indent=1)
+    if average:
+        with open(os.path.join(fn_args.model_run_dir, "weight_average.json"), "w") as f:
+            json.dump(average, f, indent=1)
     with open(os.path.join(fn_args.model_run_dir, "training_config.json"), "w") as f:
         json.dump(config.to_dict(), f, indent=1)
     with open(os.path.join(fn_args.model_run_dir, "class_balance.json"), "w") as f:

@@ -191,12 +191,12 @@ class Teacher:
 
 def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
           teacher: Optional[Teacher] = None, max_minutes: float = 0.0,
-          warm_start_classes: Sequence[str] = (), average_from: int = 0) -> Dict:
+          warm_start_classes: Sequence[str] = ()) -> Dict:
     """Trains `config.model` on data/train (distilled from `teacher` if given), evaluates
     on data/test; writes the weights, result.json and curves.png into `output`; returns
     the result. `warm_start_classes`: the classes `config.warm_start` was trained on, when
-    not the same as `config.classes` (a superset). `average_from` > 0: also average the
-    weights of every epoch from that one on (`average_weights`)."""
+    not the same as `config.classes` (a superset). `config.average_from` > 0: also average
+    the weights of every epoch from that one on (`average_weights`)."""
     os.makedirs(output, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     classes = list(config.classes)
@@ -224,15 +224,14 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
                                teacher.weight, teacher.temperature)
     started, epochs, stopper = time.time(), _EpochCounter(), recipe.StopWhenAsked(max_minutes)
     train = _Shuffled(x[~held_out], targets, config.batch_size, config.seed, example_weights)
-    averager = recipe.WeightAverage(network, average_from) if average_from else None
+    averager = recipe.WeightAverage(network, config.average_from) if config.average_from else None
     history = recipe.fit(
         model, network, train, (x[held_out], one_hot[y[held_out]]), config, output,
         checkpoint_dir=config.checkpoint_dir or os.path.join(output, "checkpoints"),
         class_weight=None if example_weights is not None else class_weight,
         extra_callbacks=[ShuffleEachEpoch(train), stopper, epochs] + ([averager] if averager else []),
         data_id=f"{os.path.abspath(data)} per_class={per_class} teacher={teacher}"
-                + (f" warm_start_classes={list(warm_start_classes)}" if warm_start_classes else "")
-                + (f" average_from={average_from}" if average_from else ""))
+                + (f" warm_start_classes={list(warm_start_classes)}" if warm_start_classes else ""))
     average = (average_weights(network, averager, x[~held_out], (x[held_out], y[held_out]),
                                (x_test, y_test), classes, config.batch_size, output, config.model)
                if averager else None)
@@ -277,33 +276,16 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
 def average_weights(network: keras.Model, averager: recipe.WeightAverage, x_train: np.ndarray,
                     validation: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarray, np.ndarray],
                     classes: Sequence[str], batch_size: int, output: str, model: str) -> Optional[Dict]:
-    """After the fit: the mean of the epochs' weights (`recipe.WeightAverage`), its
-    batch-normalisation statistics recomputed on the training faces, saved as
-    OUT/<model>.average.weights.h5. The network keeps it when its validation accuracy is
-    at least the best epoch's, else the best epoch's weights. Returns both validation and
-    PublicTest accuracies and which was kept (None before any epoch was averaged)."""
-    if not averager.state()[0]:
-        return None
-    best = network.get_weights()
-    best_validation = evaluate(network, *validation, classes)["accuracy"]
-    best_test = evaluate(network, *test, classes)["accuracy"]
-    epochs = averager.apply()
-    batches = recipe.recompute_batch_norm(
-        network, (x_train[i:i + batch_size] for i in range(0, len(x_train), batch_size)))
-    network.save_weights(os.path.join(output, f"{model}.average.weights.h5"))
-    validation_accuracy = evaluate(network, *validation, classes)["accuracy"]
-    kept = "average" if validation_accuracy >= best_validation else "best epoch"
-    result = {"from_epoch": averager.start, "epochs": epochs, "batch_norm_batches": batches,
-              "validation_accuracy": validation_accuracy,
-              "test_accuracy": evaluate(network, *test, classes)["accuracy"],
-              "best_epoch_validation_accuracy": best_validation, "best_epoch_test_accuracy": best_test,
-              "kept": kept}
-    if kept != "average":
-        network.set_weights(best)
-    logging.getLogger(__name__).info(
-        "weight average of %d epochs: validation accuracy %.4f against the best epoch's %.4f; "
-        "the %s is kept", epochs, validation_accuracy, best_validation, kept)
-    return result
+    """After the fit: `recipe.keep_average` with the batch-normalisation statistics from
+    the training faces, the average saved as OUT/<model>.average.weights.h5, validation
+    and PublicTest accuracies of both (None before any epoch was averaged)."""
+    def score():
+        return {"validation_accuracy": evaluate(network, *validation, classes)["accuracy"],
+                "test_accuracy": evaluate(network, *test, classes)["accuracy"]}
+
+    return recipe.keep_average(
+        network, averager, (x_train[i:i + batch_size] for i in range(0, len(x_train), batch_size)),
+        score, save_to=os.path.join(output, f"{model}.average.weights.h5"))
 
 
 def machine() -> str:
@@ -429,7 +411,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             reduce_lr_patience=(args.reduce_lr_patience if args.reduce_lr_patience is not None
                                 else max(1, args.patience // 2)), lr_schedule=args.lr_schedule,
             pretrained_weights=args.pretrained_weights,
-            warm_start=args.warm_start)
+            warm_start=args.warm_start, average_from=args.average_from)
         if bool(args.teacher_model) != bool(args.teacher_weights):
             raise ValueError("--teacher-model and --teacher-weights go together")
         teacher = (Teacher(args.teacher_model, args.teacher_weights, args.distill_weight, args.temperature,
@@ -441,10 +423,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                            if args.warm_start_classes else ())
         if trained_classes and not args.warm_start:
             raise ValueError("--warm-start-classes needs --warm-start")
-        if args.average_from < 0:
-            raise ValueError(f"--average-from must be >= 0, got {args.average_from}")
         result = train(args.data, args.output, config, args.per_class, teacher, args.max_minutes,
-                       trained_classes, args.average_from)
+                       trained_classes)
     except (ValueError, FileNotFoundError) as error:
         sys.stderr.write(f"error: {error}\n")
         return 2
