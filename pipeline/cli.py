@@ -3,7 +3,7 @@
     fer-pipeline run --data PATH --output DIR [--profile smoke|full] [--runner local|beam]
                      [--model NAME] [--classes a,b,c] [--epochs N] [--min-accuracy X]
                      [--imbalance class_weight|oversample|none] [--prior-correction X]
-                     [--calibration-temperature T]
+                     [--calibration-temperature T] [--warm-start H5] [--average-from EPOCH]
                      [--validation-config FILE]
     fer-pipeline validate --data PATH --output DIR [--profile ...] [--classes ...]
                      [--validation-config FILE]      (ingest and validate only)
