@@ -51,7 +51,7 @@ def test_every_stage_parses_and_starts_from_weights_an_earlier_stage_wrote():
         assert parsed.data == "/fer2013" and parsed.output not in trained
         written.add(f"{parsed.output}/{parsed.model}.weights.h5")
         trained[parsed.output] = parsed
-    assert len(trained) == 17
+    assert len(trained) == 18
 
 
 def test_each_shipped_model_is_exported_from_a_stage_trained_as_its_metadata_records():
@@ -80,6 +80,8 @@ def test_each_shipped_model_is_exported_from_a_stage_trained_as_its_metadata_rec
         served = (metadata.get("prior_correction") or {}).get("strength", 0.0)
         assert (export.prior_correction or 0.0) == served, name
         assert export.calibration_temperature == 0  # the Trainer's own fit, as shipped
+        averaged = (training.get("weight_average") or {}).get("from_epoch", 0)
+        assert stage.average_from == recipe.get("average_from", averaged) == averaged, name
 
 
 def test_an_unknown_stage_is_refused_and_data_is_required():
