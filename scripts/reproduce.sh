@@ -34,7 +34,8 @@
 #   [resnet18-kd + dcnn, flip] -> compact-resnet-kd
 #   compact-resnet-kd [resnet18-mv, 8 views] -> compact-mv -> (again) compact-mv2
 #   compact-mv2 [resnet18-swa, 8 views; weights averaged] -> compact-swa = fer2013-compact
-#   compact-mv2 [resnet18-mv-hsn, 8 views] -> compact-mv2-hsn          = fer2013-compact-happy-sad-neutral
+#   compact-mv2 [resnet18-mv-hsn, 8 views] -> compact-mv2-hsn
+#   compact-mv2-hsn [resnet18-hsn-swa, 8 views; weights averaged] -> compact-hsn-swa = fer2013-compact-happy-sad-neutral
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${DATA:?set DATA to the FER2013 folder (train/, test/)}"
@@ -162,14 +163,18 @@ stage() {
       ship fer2013-resnet18 resnet18 resnet18-swa
       ship fer2013-resnet18-happy-sad-neutral resnet18 resnet18-hsn-swa --classes $HSN
       ship fer2013-compact compact_resnet compact-swa
-      ship fer2013-compact-happy-sad-neutral compact_resnet compact-mv2-hsn --classes $HSN ;;
+      ship fer2013-compact-happy-sad-neutral compact_resnet compact-hsn-swa --classes $HSN ;;
+    compact-hsn-swa) train compact-hsn-swa compact_resnet --classes $HSN \
+        --warm-start "$(weights compact-mv2-hsn compact_resnet)" --epochs 12 --learning-rate 2.5e-4 \
+        --lr-schedule plateau --reduce-lr-patience 100 --patience 100 --teacher-model resnet18 \
+        --teacher-weights "$(weights resnet18-hsn-swa resnet18)" --teacher-views multiview --average-from 1 ;;
     *) echo "unknown stage $1" >&2; exit 2 ;;
   esac
 }
 
 STAGES=(dcnn dcnn-hsn resnet18 resnet18-restart resnet18-hsn resnet18-kd dcnn-kd resnet18-mv
         resnet18-swa dcnn-mv dcnn-swa resnet18-mv-hsn resnet18-hsn-swa compact-resnet-kd compact-mv compact-mv2
-        compact-swa compact-mv2-hsn ship)
+        compact-swa compact-mv2-hsn compact-hsn-swa ship)
 for name in "${@:-${STAGES[@]}}"; do
   stage "$name"
 done
