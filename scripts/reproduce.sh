@@ -13,7 +13,7 @@
 # DRY_RUN=1 prints every command and runs none (tests/test_reproduce.py checks them
 # against the shipped models).
 #
-# Cost: on 2 CPU cores with the TensorFlow backend, about 19 hours in all (the DCNN alone
+# Cost: on 2 CPU cores with the TensorFlow backend, about 20 hours in all (the DCNN alone
 # 5.6 hours, 5-8 minutes an epoch; a ResNet-18 epoch 85-105 s, a compact one 30-50 s); on a
 # GPU run it with KERAS_BACKEND=jax (scripts/train_gpu.sh says how to check the machine
 # first). Training is not bit-for-bit deterministic: expect each stage's accuracy within
@@ -30,7 +30,7 @@
 #   dcnn-mv [resnet18-swa, 8 views; weights averaged] -> dcnn-swa      = fer2013-dcnn
 #   resnet18-mv [resnet18-hsn + dcnn-hsn, 8 views] -> resnet18-mv-hsn
 #   resnet18-mv-hsn [itself, 8 views; weights averaged] -> resnet18-hsn-swa = fer2013-resnet18-happy-sad-neutral
-#   dcnn-hsn                                                          = fer2013-dcnn-happy-sad-neutral
+#   dcnn-hsn [resnet18-hsn-swa, 8 views; weights averaged] -> dcnn-hsn-swa = fer2013-dcnn-happy-sad-neutral
 #   [resnet18-kd + dcnn, flip] -> compact-resnet-kd
 #   compact-resnet-kd [resnet18-mv, 8 views] -> compact-mv -> (again) compact-mv2
 #   compact-mv2 [resnet18-swa, 8 views; weights averaged] -> compact-swa = fer2013-compact
@@ -159,7 +159,7 @@ stage() {
         --teacher-model resnet18 --teacher-weights "$(weights resnet18-mv-hsn resnet18)" --teacher-views multiview ;;
     ship)
       ship fer2013-dcnn dcnn dcnn-swa
-      ship fer2013-dcnn-happy-sad-neutral dcnn dcnn-hsn --classes $HSN
+      ship fer2013-dcnn-happy-sad-neutral dcnn dcnn-hsn-swa --classes $HSN
       ship fer2013-resnet18 resnet18 resnet18-swa
       ship fer2013-resnet18-happy-sad-neutral resnet18 resnet18-hsn-swa --classes $HSN
       ship fer2013-compact compact_resnet compact-swa
@@ -168,13 +168,17 @@ stage() {
         --warm-start "$(weights compact-mv2-hsn compact_resnet)" --epochs 12 --learning-rate 2.5e-4 \
         --lr-schedule plateau --reduce-lr-patience 100 --patience 100 --teacher-model resnet18 \
         --teacher-weights "$(weights resnet18-hsn-swa resnet18)" --teacher-views multiview --average-from 1 ;;
+    dcnn-hsn-swa) train dcnn-hsn-swa dcnn --classes $HSN --warm-start "$(weights dcnn-hsn dcnn)" \
+        --epochs 6 --learning-rate 1e-4 --lr-schedule plateau --reduce-lr-patience 100 --patience 100 \
+        --teacher-model resnet18 --teacher-weights "$(weights resnet18-hsn-swa resnet18)" \
+        --teacher-views multiview --average-from 1 ;;
     *) echo "unknown stage $1" >&2; exit 2 ;;
   esac
 }
 
 STAGES=(dcnn dcnn-hsn resnet18 resnet18-restart resnet18-hsn resnet18-kd dcnn-kd resnet18-mv
         resnet18-swa dcnn-mv dcnn-swa resnet18-mv-hsn resnet18-hsn-swa compact-resnet-kd compact-mv compact-mv2
-        compact-swa compact-mv2-hsn compact-hsn-swa ship)
+        compact-swa compact-mv2-hsn compact-hsn-swa dcnn-hsn-swa ship)
 for name in "${@:-${STAGES[@]}}"; do
   stage "$name"
 done
