@@ -157,13 +157,6 @@ stage() {
         --warm-start "$(weights compact-mv2 compact_resnet)" --epochs 16 --learning-rate 5e-4 \
         --lr-schedule cosine --patience 40 \
         --teacher-model resnet18 --teacher-weights "$(weights resnet18-mv-hsn resnet18)" --teacher-views multiview ;;
-    ship)
-      ship fer2013-dcnn dcnn dcnn-swa
-      ship fer2013-dcnn-happy-sad-neutral dcnn dcnn-hsn-swa --classes $HSN
-      ship fer2013-resnet18 resnet18 resnet18-swa
-      ship fer2013-resnet18-happy-sad-neutral resnet18 resnet18-hsn-swa --classes $HSN
-      ship fer2013-compact compact_resnet compact-swa
-      ship fer2013-compact-happy-sad-neutral compact_resnet compact-hsn-swa --classes $HSN ;;
     compact-hsn-swa) train compact-hsn-swa compact_resnet --classes $HSN \
         --warm-start "$(weights compact-mv2-hsn compact_resnet)" --epochs 12 --learning-rate 2.5e-4 \
         --lr-schedule plateau --reduce-lr-patience 100 --patience 100 --teacher-model resnet18 \
@@ -172,6 +165,13 @@ stage() {
         --epochs 6 --learning-rate 1e-4 --lr-schedule plateau --reduce-lr-patience 100 --patience 100 \
         --teacher-model resnet18 --teacher-weights "$(weights resnet18-hsn-swa resnet18)" \
         --teacher-views multiview --average-from 1 ;;
+    ship)
+      ship fer2013-dcnn dcnn dcnn-swa
+      ship fer2013-dcnn-happy-sad-neutral dcnn dcnn-hsn-swa --classes $HSN
+      ship fer2013-resnet18 resnet18 resnet18-swa
+      ship fer2013-resnet18-happy-sad-neutral resnet18 resnet18-hsn-swa --classes $HSN
+      ship fer2013-compact compact_resnet compact-swa
+      ship fer2013-compact-happy-sad-neutral compact_resnet compact-hsn-swa --classes $HSN ;;
     *) echo "unknown stage $1" >&2; exit 2 ;;
   esac
 }

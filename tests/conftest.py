@@ -24,6 +24,8 @@ from pipeline import features
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FER2013 = pathlib.Path(os.environ.get("FER2013_DATA", REPO.parent / "shared" / "data" / "fer2013"))
+# Faces per emotion (features.EMOTIONS order) in FER2013 train/: disgust rare, happy common.
+FER2013_TRAIN_COUNTS = [3995, 436, 4097, 7215, 4830, 3171, 4965]
 
 
 def real_images(split_dir: str, emotion: str, n: int) -> List[pathlib.Path]:

@@ -16,7 +16,7 @@ from components.trainer.recipe import prior_log_bias
 from components.trainer.run import run_fn
 from pipeline import cli, features
 from pipeline.config import profile_configs
-from tests.conftest import SMOKE_ANNOTATIONS, encode, real_images, run_smoke
+from tests.conftest import FER2013_TRAIN_COUNTS, SMOKE_ANNOTATIONS, encode, real_images, run_smoke
 
 NODES = ("Fer2013ExampleGen", "StatisticsGen", "CuratedSchemaGen", "ExampleValidator",
          "SkewValidator", "DataValidationGate", "Transform", "Trainer",
@@ -154,7 +154,7 @@ def test_a_prior_corrected_export_divides_the_probabilities_by_the_prior_to_its_
     transform = tft.TFTransformOutput(sorted(glob.glob(
         os.path.join(output, "tfx", "Transform", "transform_graph", "*")))[-1])
     network = model_lib.build("compact", 7)
-    counts = [3995, 436, 4097, 7215, 4830, 3171, 4965]  # FER2013 train/: disgust rare, happy common
+    counts = FER2013_TRAIN_COUNTS
     plain = export.export_serving_model(network, transform, features.EMOTIONS, str(tmp_path / "plain"))
     corrected = export.export_serving_model(network, transform, features.EMOTIONS,
                                             str(tmp_path / "corrected"), 1.0, counts)

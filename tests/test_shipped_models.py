@@ -15,7 +15,7 @@ from components.audit import audit
 from components.example_gen.fer2013 import make_example
 from pipeline import features, ship
 from pipeline.scoring import probability_metrics
-from tests.conftest import FER2013, REPO
+from tests.conftest import FER2013, FER2013_TRAIN_COUNTS, REPO
 
 SHIPPED = sorted(glob.glob(str(REPO / "models" / "*" / ship.METADATA_JSON)))
 
@@ -157,7 +157,7 @@ def test_a_scan_through_test_time_views_reproduces_the_served_views_signature(sm
     output, _, _ = smoke
     transform = tft.TFTransformOutput(sorted(glob.glob(
         os.path.join(output, "tfx", "Transform", "transform_graph", "*")))[-1])
-    applied, counts = 0.5, [3995, 436, 4097, 7215, 4830, 3171, 4965]  # FER2013 train/
+    applied, counts = 0.5, FER2013_TRAIN_COUNTS
     path = export.export_serving_model(network, transform, metadata["classes"], str(tmp_path / "1"),
                                        applied, counts, 0.8)
     report = prior.scan(path, str(FER2013), [0.0, applied], per_class=20, views="flip")

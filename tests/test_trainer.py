@@ -16,7 +16,7 @@ import tensorflow as tf
 from components.trainer import model as model_lib, recipe, standalone
 from pipeline import features
 from pipeline.config import TrainingConfig
-from tests.conftest import FER2013, run_smoke
+from tests.conftest import FER2013, FER2013_TRAIN_COUNTS, run_smoke
 
 SUBSET = ("happy", "sad", "neutral")
 
@@ -413,7 +413,7 @@ def test_bad_training_settings_give_one_line_and_exit_2(extra, config_text, mess
 
 
 def test_the_prior_correction_favours_rare_classes_in_proportion_to_its_strength():
-    counts = [3995, 436, 4097, 7215, 4830, 3171, 4965]
+    counts = FER2013_TRAIN_COUNTS
     assert np.allclose(recipe.prior_log_bias(counts, 0.0), 0.0)
     assert np.allclose(recipe.prior_log_bias([10, 10, 10], 1.0), 0.0)  # balanced: nothing to correct
     half, full = recipe.prior_log_bias(counts, 0.5), recipe.prior_log_bias(counts, 1.0)
