@@ -324,7 +324,7 @@ def test_standalone_trainer_on_jax_and_the_pipeline_warm_started_from_its_weight
     assert result["finished"] is True   # not stopped by a time budget: scripts/reproduce.sh skips it
     assert result["test"]["examples"] == 90 and 0.0 <= result["test"]["accuracy"] <= 1.0
     assert result["teacher"] == {"model": "compact", "weights": teacher, "weight": 0.7,
-                                 "temperature": 2.0, "views": "flip"}
+                                 "temperature": 2.0, "views": "flip", "online": False}
     assert result["invocation_epochs"] == 1 and result["training_seconds"] == pytest.approx(
         result["history"][recipe.EPOCH_SECONDS][0], abs=0.1)
     assert (out / recipe.CURVES_PNG).is_file()
@@ -458,6 +458,85 @@ def test_an_ensemble_teaches_the_mean_of_its_members_probabilities(tmp_path):
     assert not np.allclose(eight, alone[0], atol=1e-4)
     with pytest.raises(ValueError, match="teacher views 'sideways' are not one of"):
         standalone.Teacher("compact", paths[0], views="sideways")
+
+
+def test_an_online_teacher_adds_its_softened_cross_entropy_in_training_only():
+    faces = np.random.default_rng(0).uniform(0, 1, (5, 48, 48, 1)).astype(np.float32)
+    student = np.random.default_rng(1).dirichlet(np.ones(len(SUBSET)), 5).astype(np.float32)
+    keras.utils.set_random_seed(3)
+    teacher = model_lib.build("compact", len(SUBSET))
+    layer = model_lib.OnlineDistillation([teacher], weight=0.6, temperature=2.0,
+                                         views=model_lib.TEST_TIME_VIEWS["flip"])
+    assert not teacher.trainable   # frozen: the student alone learns
+    out = layer(faces, student, training=True)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out), student)   # passed through
+    # The loss of the mixed target `soft_targets` makes, less the labels' share.
+    taught = standalone.probabilities(teacher, faces, model_lib.TEST_TIME_VIEWS["flip"])
+    softened = standalone.soft_targets(np.zeros(5, np.int64), taught, weight=1.0, temperature=2.0)
+    expected = 0.6 * np.mean(-np.sum(softened * np.log(student), axis=1))
+    assert [float(loss) for loss in layer.losses] == pytest.approx([expected], rel=1e-4)
+    layer(faces, student, training=False)
+    assert not layer.losses   # nothing at validation or inference
+    with pytest.raises(ValueError, match="weight in \\(0, 1\\]"):
+        model_lib.OnlineDistillation([teacher], weight=0.0)
+
+
+def test_an_online_teacher_on_unaugmented_faces_gives_the_gradient_of_the_precomputed_mixed_targets():
+    # What the standalone trainer fits with an online teacher (labels weighed by 1 - weight per
+    # face, the teacher's share added by the layer) against the targets `soft_targets` makes
+    # from the same teacher's answers for the same faces: one loss, one gradient. (A target of
+    # (1 - weight) x one-hot would not do: Keras's cross-entropy assumes targets sum to one.)
+    faces = np.random.default_rng(0).uniform(0, 1, (8, 48, 48, 1)).astype(np.float32)
+    labels = np.arange(8) % len(SUBSET)
+    keras.utils.set_random_seed(4)
+    student, teacher = model_lib.build("compact", len(SUBSET)), model_lib.build("compact", len(SUBSET))
+    for layer in student.layers:
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0   # the same forward pass twice
+    inputs = keras.Input(student.input_shape[1:])
+    distillation = model_lib.OnlineDistillation([teacher], weight=0.7, temperature=2.0)
+    online = keras.Model(inputs, distillation(inputs, student(inputs)))
+    mixed = standalone.soft_targets(labels, standalone.probabilities(teacher, faces), 0.7, 2.0)
+
+    def loss_and_gradient(model, targets, weights=None):
+        model_lib.compile_model(model, 1e-3)
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(x=faces, y=targets, y_pred=model(faces, training=True),
+                                      sample_weight=weights, training=True)
+        return float(loss), np.concatenate([g.numpy().ravel()
+                                            for g in tape.gradient(loss, student.trainable_weights)])
+
+    loss, gradient = loss_and_gradient(online, np.eye(len(SUBSET), dtype=np.float32)[labels],
+                                       np.full(8, 0.3, np.float32))
+    expected_loss, expected_gradient = loss_and_gradient(student, mixed)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    np.testing.assert_allclose(gradient, expected_gradient, atol=1e-5 * np.abs(expected_gradient).max())
+
+
+def test_standalone_trains_with_an_online_teacher_and_refuses_what_it_cannot_honour(tmp_path, capsys):
+    if not (FER2013 / "train").is_dir():
+        pytest.skip("FER2013 not found")
+    teacher = str(tmp_path / "teacher.weights.h5")
+    model_lib.build("compact", len(SUBSET)).save_weights(teacher)
+    config = TrainingConfig(model="compact", classes=SUBSET, epochs=1, batch_size=16, imbalance="none")
+    result = standalone.train(str(FER2013), str(tmp_path / "online"), config, per_class=12,
+                              teacher=standalone.Teacher("compact", teacher, views="flip", online=True))
+    assert result["teacher"]["online"] is True and result["epochs_run"] == 1
+    assert result["parameters"] == model_lib.build("compact", len(SUBSET)).count_params()  # the student alone
+    # Its best weights load into the student network alone.
+    model_lib.build("compact", len(SUBSET)).load_weights(str(tmp_path / "online" / result["weights"]))
+    base = ["--data", str(FER2013), "--output", str(tmp_path / "refused"), "--classes", ",".join(SUBSET),
+            "--teacher-model", "compact", "--teacher-weights", teacher, "--teacher-online"]
+    for extra, message in ((["--label-smoothing", "0.1"], "label smoothing (0.1)"),
+                           (["--imbalance", "class_weight"], "class weights (--imbalance class_weight)")):
+        assert standalone.main(base + extra) == 2
+        assert f"an online teacher does not go with {message}" in capsys.readouterr().err
+    assert standalone.main(base[:-5] + ["--teacher-online"]) == 2
+    assert "--teacher-online needs --teacher-model" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(ValueError, match="it needs augmentation on"):
+        model_lib.training_model(model_lib.build("compact", len(SUBSET)), dataclasses.replace(config, augment=False),
+                                 model_lib.OnlineDistillation([model_lib.build("compact", len(SUBSET))]))
 
 
 def test_a_teacher_with_a_missing_or_unmatched_member_is_refused_by_name(tmp_path):

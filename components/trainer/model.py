@@ -234,21 +234,81 @@ def augmentation(seed: int = 42) -> RandomFaceTransform:
     return RandomFaceTransform(**AUGMENTATION, seed=seed, name="augmentation")
 
 
-def with_augmentation(network: keras.Model, seed: int = 42, erasing: float = 0.0) -> keras.Model:
+class OnlineDistillation(layers.Layer):
+    """Distillation from a teacher that sees what the student sees ("consistent teaching",
+    Beyer et al., CVPR 2022, "Knowledge distillation: A good teacher is patient and
+    consistent"): in training, the frozen `teachers` (their mean) answer each augmented
+    face, over the test-time `views` of it, and the layer adds
+    `weight` x cross-entropy(teacher's probabilities softened by `temperature`, student's)
+    to the loss; the student's probabilities pass through unchanged. The labels' loss is
+    then weighed by (1 - weight) per face (cross-entropy is linear in its target, so the sum
+    is the loss of the mixed target `soft_targets` would make). The share goes into the
+    face's weight, not into a (1 - weight) x one-hot target: Keras's cross-entropy
+    differentiates through the softmax's logits as if every target summed to one, which
+    gives a target of another sum the wrong gradient. Nothing is added at inference or
+    validation."""
+
+    def __init__(self, teachers: Sequence[keras.Model], weight: float = 0.7, temperature: float = 2.0,
+                 views: Sequence[View] = (), **kwargs):
+        super().__init__(**kwargs)
+        if not teachers or not 0 < weight <= 1 or temperature <= 0:
+            raise ValueError(f"online distillation needs a teacher, a weight in (0, 1] and a positive "
+                             f"temperature, got {len(teachers)} teacher(s), weight={weight}, "
+                             f"temperature={temperature}")
+        for teacher in teachers:
+            teacher.trainable = False
+        self.teachers, self.weight, self.temperature = list(teachers), weight, temperature
+        self.views = tuple(views) or (View(),)
+
+    def teacher_probabilities(self, images):
+        """The teachers' mean probabilities over the views of `images`, softened."""
+        total = 0.0
+        for teacher in self.teachers:
+            for view in self.views:
+                total = total + teacher(view_of(images, view, take=ops.take), training=False)
+        probabilities = ops.clip(total / (len(self.teachers) * len(self.views)), 1e-8, 1.0)
+        softened = ops.power(probabilities, 1.0 / self.temperature)
+        return ops.stop_gradient(softened / ops.sum(softened, axis=-1, keepdims=True))
+
+    def call(self, images, student, training=None):
+        if training:
+            targets = self.teacher_probabilities(images)
+            # The compiled loss's own cross-entropy: on TensorFlow it differentiates through
+            # the softmax's logits, so a class the student all but rules out (p < 1e-7)
+            # still gets its push from the teacher; a clipped log(p) would stop it there.
+            cross_entropy = keras.losses.categorical_crossentropy(targets, student)
+            self.add_loss(self.weight * ops.mean(cross_entropy))
+        return student
+
+    def compute_output_shape(self, images_shape, student_shape):
+        return student_shape
+
+
+def with_augmentation(network: keras.Model, seed: int = 42, erasing: float = 0.0,
+                      distillation: Optional[OnlineDistillation] = None) -> keras.Model:
     """The training model: the augmentation layer, random erasing with probability `erasing`
-    (none at 0), then `network` (sharing its weights)."""
+    (none at 0), then `network` (sharing its weights); with `distillation`, its teachers
+    see the same augmented faces as `network`."""
     inputs = keras.Input(shape=network.input_shape[1:], name=features.PIXELS_KEY)
     x = augmentation(seed)(inputs)
     if erasing:
         x = RandomErasing(erasing, **ERASING, seed=seed + 1, name="random_erasing")(x)
-    return keras.Model(inputs, network(x), name=f"{network.name}_training")
+    outputs = network(x)
+    if distillation is not None:
+        outputs = distillation(x, outputs)
+    return keras.Model(inputs, outputs, name=f"{network.name}_training")
 
 
-def training_model(network: keras.Model, training: "config.TrainingConfig") -> keras.Model:
-    """What is fitted: `network` behind the augmentation layers, or itself without them."""
+def training_model(network: keras.Model, training: "config.TrainingConfig",
+                   distillation: Optional[OnlineDistillation] = None) -> keras.Model:
+    """What is fitted: `network` behind the augmentation layers (and `distillation`'s
+    teachers, beside it), or itself without them."""
     if not training.augment:
+        if distillation is not None:
+            raise ValueError("online distillation teaches on the augmented faces: it needs augmentation on "
+                             "(without it, the same teacher's precomputed targets are the same and cheaper)")
         return network
-    return with_augmentation(network, training.seed, training.random_erasing)
+    return with_augmentation(network, training.seed, training.random_erasing, distillation)
 
 
 def build_dcnn(input_shape: Tuple[int, int, int] = INPUT_SHAPE, num_classes: int = 7) -> keras.Model:

@@ -31,7 +31,9 @@ teacher's softened probabilities (`soft_targets`); `--teacher-views flip` (or
 `--teacher-flip`) averages the teacher's probabilities over each face and its mirror
 image, `--teacher-views multiview` over the 8 test-time views. An ensemble can teach
 (`--teacher-model resnet18,dcnn --teacher-weights R.weights.h5,D.weights.h5`: the mean of
-their probabilities). A shipped model can teach:
+their probabilities). `--teacher-online` has the teacher answer each augmented face as
+the student sees it, during training (`model.OnlineDistillation`), instead of each face
+once before it. A shipped model can teach:
 `python -m components.trainer.saved_weights` takes its weights out of the SavedModel.
 
 Validation data is carved from train/ by a hash of the file name and emotion: the same
@@ -160,10 +162,33 @@ class Teacher:
     weight: float = 0.7
     temperature: float = 2.0
     views: str = ""  # a model.TEST_TIME_VIEWS name: the teacher's probabilities averaged over those views
+    # True: the teacher answers each augmented face during training, as the student sees it
+    # (`model.OnlineDistillation`); False: once, before training, for each face as it is.
+    online: bool = False
 
     def __post_init__(self):
         if self.views and self.views not in model_lib.TEST_TIME_VIEWS:
             raise ValueError(f"teacher views {self.views!r} are not one of {sorted(model_lib.TEST_TIME_VIEWS)}")
+
+    def check(self, config: TrainingConfig) -> None:
+        """Refuses what online distillation cannot honour: its added loss is neither label-
+        smoothed nor weighed by class, and it teaches on augmented faces."""
+        if not self.online:
+            return
+        problems = ([f"label smoothing ({config.label_smoothing})"] if config.label_smoothing else []) + (
+            [f"class weights (--imbalance {config.imbalance})"] if config.imbalance == "class_weight" else []) + (
+            ["no augmentation"] if not config.augment else [])
+        if problems:
+            raise ValueError(f"an online teacher does not go with {' or '.join(problems)}")
+
+    def networks(self, classes: int) -> List[keras.Model]:
+        """Its members, built and loaded."""
+        networks = []
+        for name, path in self.members():
+            network = model_lib.build(name, classes)
+            network.load_weights(path)
+            networks.append(network)
+        return networks
 
     def members(self) -> List[Tuple[str, str]]:
         """(architecture, weights file) of each network that teaches."""
@@ -180,13 +205,16 @@ class Teacher:
 
     def probabilities(self, x: np.ndarray, classes: int) -> np.ndarray:
         """The teacher's class probabilities for faces `x`: the mean over its members."""
+        networks = self.networks(classes)
         total = np.zeros((len(x), classes), np.float32)
-        members = self.members()
-        for name, path in members:
-            network = model_lib.build(name, classes)
-            network.load_weights(path)
+        for network in networks:
             total += probabilities(network, x, model_lib.TEST_TIME_VIEWS.get(self.views, ()))
-        return total / len(members)
+        return total / len(networks)
+
+    def online_distillation(self, classes: int) -> model_lib.OnlineDistillation:
+        return model_lib.OnlineDistillation(self.networks(classes), self.weight, self.temperature,
+                                            model_lib.TEST_TIME_VIEWS.get(self.views, ()),
+                                            name="online_distillation")
 
 
 def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
@@ -211,7 +239,10 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
     elif config.warm_start:
         network.load_weights(config.warm_start)
     warm_start_test = (evaluate(network, x_test, y_test, classes) if config.warm_start else None)
-    model = model_lib.training_model(network, config)
+    if teacher:
+        teacher.check(config)
+    online = teacher.online_distillation(len(classes)) if teacher and teacher.online else None
+    model = model_lib.training_model(network, config, online)
     one_hot = np.eye(len(classes), dtype=np.float32)
     targets = one_hot[y[~held_out]]
     class_weight = recipe.class_weight_for(config, counts)
@@ -219,7 +250,9 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
     # the teacher's guess, so the weights follow the true labels here instead.
     example_weights = (np.asarray([class_weight[c] for c in y[~held_out]], np.float32)
                        if class_weight and teacher else None)
-    if teacher:
+    if online:   # the labels' share of the loss; the teacher's is online's added loss
+        example_weights = np.full(len(targets), 1.0 - teacher.weight, np.float32)
+    elif teacher:
         targets = soft_targets(y[~held_out], teacher.probabilities(x[~held_out], len(classes)),
                                teacher.weight, teacher.temperature)
     started, epochs, stopper = time.time(), _EpochCounter(), recipe.StopWhenAsked(max_minutes)
@@ -388,6 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the teacher's probabilities averaged over these test-time views of each face")
     parser.add_argument("--teacher-flip", dest="teacher_views", action="store_const", const="flip",
                         help="the same as --teacher-views flip: each face and its mirror image")
+    parser.add_argument("--teacher-online", action="store_true",
+                        help="the teacher answers each augmented face during training, as the student "
+                             "sees it, instead of each face once before training (costs a teacher "
+                             "forward pass per view and step)")
     parser.add_argument("--average-from", type=int, default=0,
                         help="also average the weights of every epoch from this one on "
                              "(stochastic weight averaging; kept when no worse on validation); "
@@ -414,11 +451,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             warm_start=args.warm_start, average_from=args.average_from)
         if bool(args.teacher_model) != bool(args.teacher_weights):
             raise ValueError("--teacher-model and --teacher-weights go together")
+        if args.teacher_online and not args.teacher_model:
+            raise ValueError("--teacher-online needs --teacher-model and --teacher-weights")
         teacher = (Teacher(args.teacher_model, args.teacher_weights, args.distill_weight, args.temperature,
-                           args.teacher_views)
+                           args.teacher_views, args.teacher_online)
                    if args.teacher_model else None)
         if teacher:
             teacher.members()  # bad names or missing files fail here, before any data is read
+            teacher.check(config)
         trained_classes = (features.validate_classes(args.warm_start_classes.split(","))
                            if args.warm_start_classes else ())
         if trained_classes and not args.warm_start:
