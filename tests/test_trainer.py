@@ -315,7 +315,8 @@ def test_standalone_trainer_on_jax_and_the_pipeline_warm_started_from_its_weight
     done = subprocess.run(
         [sys.executable, "-c", STANDALONE, "--data", str(fer2013_root), "--output", str(out),
          "--model", "dcnn", "--classes", ",".join(SUBSET), "--epochs", "1", "--per-class", "30",
-         "--teacher-model", "compact", "--teacher-weights", teacher, "--teacher-flip"],
+         "--teacher-model", "compact", "--teacher-weights", teacher, "--teacher-flip",
+         "--teacher-online", "--imbalance", "none"],   # the teacher inside the JAX training step
         capture_output=True, text=True, timeout=900, env=dict(os.environ, KERAS_BACKEND="jax"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"backend": "jax"}  # and no TensorFlow
@@ -324,7 +325,7 @@ def test_standalone_trainer_on_jax_and_the_pipeline_warm_started_from_its_weight
     assert result["finished"] is True   # not stopped by a time budget: scripts/reproduce.sh skips it
     assert result["test"]["examples"] == 90 and 0.0 <= result["test"]["accuracy"] <= 1.0
     assert result["teacher"] == {"model": "compact", "weights": teacher, "weight": 0.7,
-                                 "temperature": 2.0, "views": "flip", "online": False}
+                                 "temperature": 2.0, "views": "flip", "online": True}
     assert result["invocation_epochs"] == 1 and result["training_seconds"] == pytest.approx(
         result["history"][recipe.EPOCH_SECONDS][0], abs=0.1)
     assert (out / recipe.CURVES_PNG).is_file()
