@@ -225,6 +225,8 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
     the result. `warm_start_classes`: the classes `config.warm_start` was trained on, when
     not the same as `config.classes` (a superset). `config.average_from` > 0: also average
     the weights of every epoch from that one on (`average_weights`)."""
+    if teacher:
+        teacher.check(config)   # before anything is read or written
     os.makedirs(output, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     classes = list(config.classes)
@@ -239,8 +241,6 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
     elif config.warm_start:
         network.load_weights(config.warm_start)
     warm_start_test = (evaluate(network, x_test, y_test, classes) if config.warm_start else None)
-    if teacher:
-        teacher.check(config)
     online = teacher.online_distillation(len(classes)) if teacher and teacher.online else None
     model = model_lib.training_model(network, config, online)
     one_hot = np.eye(len(classes), dtype=np.float32)
@@ -458,7 +458,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                    if args.teacher_model else None)
         if teacher:
             teacher.members()  # bad names or missing files fail here, before any data is read
-            teacher.check(config)
         trained_classes = (features.validate_classes(args.warm_start_classes.split(","))
                            if args.warm_start_classes else ())
         if trained_classes and not args.warm_start:
