@@ -4,6 +4,7 @@
                      [--model NAME] [--classes a,b,c] [--epochs N] [--min-accuracy X]
                      [--imbalance class_weight|oversample|none] [--prior-correction X]
                      [--calibration-temperature T] [--warm-start H5] [--average-from EPOCH]
+                     [--model ensemble --epochs 0 --ensemble MODEL_DIR...]
                      [--validation-config FILE]
     fer-pipeline validate --data PATH --output DIR [--profile ...] [--classes ...]
                      [--validation-config FILE]      (ingest and validate only)
@@ -74,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="Beam DirectRunner workers (0: one per CPU)")
         q.add_argument("--no-cache", action="store_true", help="re-run every component")
         q.add_argument("--verbose", action="store_true", help="show TFX and Beam logs")
-    p.add_argument("--model", choices=sorted(model.BUILDERS), default="dcnn")
+    p.add_argument("--model", choices=sorted(model.BUILDERS) + ["ensemble"], default="dcnn",
+                   help="the network to train (default: dcnn), or 'ensemble' with --ensemble")
     p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
     p.add_argument("--min-accuracy", type=float,
                    help="override the profile's blessing threshold on eval accuracy")
@@ -118,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-start", metavar="WEIGHTS_H5",
                    help="start from weights trained elsewhere (the standalone GPU trainer); "
                         "with --epochs 0 they are only exported")
+    p.add_argument("--ensemble", nargs="+", metavar="MODEL_DIR",
+                   help="with --model ensemble --epochs 0: export these models (e.g. models/fer2013-resnet18 "
+                        "models/fer2013-dcnn) as one, serving the mean of their probabilities")
     p.add_argument("--tune", action="store_true",
                    help="run the TFX Tuner (batch size, learning rate, optimizer) before training")
     p.add_argument("--tuning-config",
@@ -204,8 +209,16 @@ def _settings(args: argparse.Namespace):
         raise ValueError("--workers must be >= 0")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise ValueError(f"--output is a file, not a directory: {args.output}")
+    if not validate_only and args.ensemble and args.epochs is None:
+        args.epochs = 0   # an ensemble is exported, not trained
     overrides = () if validate_only else _training_overrides(args)
     if not validate_only:  # the recipe is checked before any data is read
+        from serving.photos import resolve_model_dir
+        for member in [m for m in (args.ensemble or []) if "://" not in m]:
+            try:
+                resolve_model_dir(member)
+            except ValueError as e:
+                raise ValueError(f"--ensemble {member}: {str(e).replace('--model: ', '')}") from None
         try:
             with_overrides(TrainingConfig(model=args.model, classes=classes),
                            dict(overrides, **({} if args.epochs is None else {"epochs": args.epochs})))
@@ -236,12 +249,14 @@ def _training_overrides(args: argparse.Namespace) -> tuple:
         raise ValueError(f"--training-config {args.training_config}: {e}") from None
     for key in ("optimizer", "learning_rate", "lr_schedule", "batch_size", "label_smoothing",
                 "random_erasing", "pretrained_weights", "checkpoint_dir", "warm_start", "prior_correction",
-                "calibration_temperature", "average_from"):
+                "calibration_temperature", "average_from", "ensemble"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     for key in ("pretrained_weights", "checkpoint_dir", "warm_start"):
         if values.get(key) and "://" not in values[key]:  # object storage stays as it is
             values[key] = os.path.abspath(values[key])
+    if values.get("ensemble"):
+        values["ensemble"] = [p if "://" in p else os.path.abspath(p) for p in values["ensemble"]]
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in values.items()))
 
 

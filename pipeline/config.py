@@ -18,7 +18,7 @@ OPTIMIZERS = ("nadam", "adam", "adamw", "sgd", "rmsprop")
 # from its starting value to zero over each training phase.
 LR_SCHEDULES = ("plateau", "cosine")
 # The model registry's names (components/trainer/model.py BUILDERS; a test keeps them equal).
-MODELS = ("dcnn", "vggnet", "resnet18", "compact", "compact_resnet", "vgg16", "resnet50")
+MODELS = ("dcnn", "vggnet", "resnet18", "compact", "compact_resnet", "vgg16", "resnet50", "ensemble")
 TRANSFER_MODELS = ("vgg16", "resnet50")
 
 
@@ -154,6 +154,10 @@ class TrainingConfig(_DictMixin):
     # plateau with reduce_lr_patience and early_stopping_patience above the epochs, e.g.
     # fine-tuning a warm start). 0 = off.
     average_from: int = 0
+    # model 'ensemble': the exported models (version folders or their parents, e.g.
+    # models/fer2013-resnet18) served as one, the mean of their served probabilities
+    # (components.trainer.ensemble); exported with epochs=0, not trained.
+    ensemble: Tuple[str, ...] = ()
     seed: int = 42
 
     def __post_init__(self):
@@ -166,7 +170,12 @@ class TrainingConfig(_DictMixin):
                              f"not {self.model!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.epochs < 0 or (self.epochs == 0 and not self.warm_start):
+        if self.ensemble and self.model != "ensemble":
+            raise ValueError(f"ensemble members need model 'ensemble', got model {self.model!r}")
+        if self.ensemble and (self.epochs != 0 or self.warm_start):
+            raise ValueError("an ensemble of exported models is exported as it is, not trained: "
+                             f"epochs must be 0 and no warm_start, got epochs {self.epochs}")
+        if self.epochs < 0 or (self.epochs == 0 and not (self.warm_start or self.model == "ensemble")):
             raise ValueError(f"epochs must be >= 1 (0 only with a warm start), got {self.epochs}")
         if self.average_from < 0:
             raise ValueError(f"average_from must be >= 0 (0: off), got {self.average_from}")
@@ -307,8 +316,12 @@ def with_overrides(training: TrainingConfig, overrides: Mapping[str, Any]) -> Tr
     """`training` with `overrides` (TrainingConfig keys except model and classes, which name
     the pipeline) applied at once, so that e.g. epochs=0 and warm_start go together."""
     check_training_keys(overrides)
-    return dataclasses.replace(training, **{k: tuple(v) if isinstance(v, list) else v
-                                            for k, v in overrides.items()})
+    training = dataclasses.replace(training, **{k: tuple(v) if isinstance(v, list) else v
+                                                for k, v in overrides.items()})
+    if training.model == "ensemble" and not training.ensemble:
+        raise ValueError("model 'ensemble' needs its members: ensemble (--ensemble), the model "
+                         "folders to serve as one")
+    return training
 
 
 def serving_model_name(model: str, classes: Tuple[str, ...]) -> str:

@@ -77,6 +77,10 @@ CALIBRATION_ASSET = "assets.extra/calibration.json"
 # How the served probabilities follow from the network's (both assets state it): the
 # temperature is 1 and the bias 0 when the model has no such asset.
 OUTPUT_RULE = "probabilities = softmax((log(network probabilities) + log_bias) / temperature)"
+# Beside a SavedModel of an ensemble (TrainingConfig.ensemble): its members and their rules.
+ENSEMBLE_ASSET = "assets.extra/ensemble.json"
+ENSEMBLE_RULE = ("probabilities = the mean of the members' probabilities, each member's by its own "
+                 "rule: " + OUTPUT_RULE)
 
 
 def views_signature(views: str) -> str:

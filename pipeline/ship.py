@@ -10,7 +10,8 @@ model's `predict_image` signature, each face as it is and (flip test-time augmen
 averaged with its mirror image. `--result` adds what the standalone trainer recorded
 (recipe, history, training time and machine); given a shipped model's metadata.json
 instead, a re-export of that model's weights (say, with a calibration temperature)
-keeps the record of how they were trained.
+keeps the record of how they were trained. An ensemble (`--model ensemble`) needs no
+`--result`: its metadata records its members (`ensemble`) and their own metrics.
 """
 import argparse
 import json
@@ -183,12 +184,17 @@ def ship(pushed: str, name: str, data: str, models_dir: str = "models",
         "size_bytes": directory_bytes(target),
         "date": time.strftime("%Y-%m-%d"), "notes": notes,
     }
-    from components.trainer.export import read_calibration_temperature, read_prior_correction
+    from components.trainer.export import read_calibration_temperature, read_ensemble, read_prior_correction
 
     correction = read_prior_correction(target)
     if correction:
         metadata["prior_correction"] = correction
     metadata["calibration_temperature"] = read_calibration_temperature(target)
+    members = read_ensemble(target)
+    if members:   # exported models served as one: its recipe is its members (model 'ensemble')
+        metadata["recipe"] = {"model": "ensemble", "classes": metadata["classes"],
+                              "ensemble": [m["model"] for m in members["members"]]}
+        metadata["ensemble"] = members
     if result:
         with open(result) as f:
             trained = json.load(f)

@@ -98,6 +98,12 @@ def collect(metadata_path: str, pipeline: tfx.dsl.Pipeline, since: float,
             history = json.load(f)
         out["training"] = {"epochs": len(history.get("loss", [])),
                            "best_val_accuracy": round(max(history.get("val_accuracy", [0.0])), 4)}
+        recipe = os.path.join(model_run.uri, "training_config.json")
+        if tf.io.gfile.exists(recipe):
+            with tf.io.gfile.GFile(recipe) as f:
+                members = json.load(f).get("ensemble") or []
+            if members:
+                out["training"]["ensemble"] = [os.path.basename(os.path.normpath(m)) for m in members]
         balance = os.path.join(model_run.uri, "class_balance.json")
         if tf.io.gfile.exists(balance):
             with tf.io.gfile.GFile(balance) as f:
@@ -166,7 +172,11 @@ def format_text(result: Dict) -> str:
             lines.append(f"  {'blocks' if finding['blocking'] else 'warns'}: {finding['message']}")
         lines.append("  data report: " + os.path.join(
             result.get("reports_dir", validation["report_dir"]), data_report.REPORT_HTML))
-    if "training" in result and not result["training"]["epochs"]:
+    if result.get("training", {}).get("ensemble"):
+        members = result["training"]["ensemble"]
+        lines.append(f"Training: none: an ensemble of {len(members)} exported models "
+                     f"({', '.join(members)}) was exported as one")
+    elif "training" in result and not result["training"]["epochs"]:
         lines.append("Training: none: the warm-start weights were exported as they are")
     elif "training" in result:
         lines.append(f"Training: {result['training']['epochs']} epochs, best validation accuracy "

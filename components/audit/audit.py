@@ -107,7 +107,8 @@ def fairness_failures(rows: List[Dict], gates: EvaluationConfig) -> List[str]:
 def build_report(*, pipeline: str, classes: Sequence[str], metrics: Dict, evaluator: Dict,
                  evaluator_blessed: bool, gates: EvaluationConfig, annotation_columns: Sequence[str],
                  lineage: Dict, data: Dict, calibration: Optional[Dict[str, Dict]] = None,
-                 prior_correction: Optional[Dict] = None, calibration_temperature: float = 1.0) -> Dict:
+                 prior_correction: Optional[Dict] = None, calibration_temperature: float = 1.0,
+                 ensemble: Optional[Dict] = None) -> Dict:
     rows = slice_rows(metrics, annotation_columns, calibration, classes)
     fairness = fairness_failures(rows, gates)
     gate_list = [
@@ -129,6 +130,7 @@ def build_report(*, pipeline: str, classes: Sequence[str], metrics: Dict, evalua
         "reliability": (calibration or {}).get("overall", {}).get("bins", []),
         "fairness_indicators_threshold": FAIRNESS_THRESHOLD,
         "prior_correction": prior_correction, "calibration_temperature": calibration_temperature,
+        **({"ensemble": ensemble} if ensemble else {}),
     }
 
 
@@ -137,6 +139,8 @@ def decision_rule(report: Dict) -> str:
     the export's temperature scaling and prior correction (the model card says which)."""
     correction = report.get("prior_correction")
     temperature = report.get("calibration_temperature", 1.0)
+    if report.get("ensemble"):
+        return _ensemble_rule(report["ensemble"], correction, temperature)
     scaled = ("" if temperature == 1.0 else
               f" The logits are divided by a calibration temperature of {temperature:g} before the softmax "
               "(fitted on the validation carve-out, `assets.extra/calibration.json`): the "
@@ -152,6 +156,21 @@ def decision_rule(report: Dict) -> str:
             "`assets.extra/prior_correction.json`), and `label` is the most probable of those: rare "
             f"emotions ({rare} most of all) are predicted more often than by the network alone, so "
             "the probabilities are tilted away from the training frequencies on purpose." + scaled)
+
+
+def _ensemble_rule(ensemble: Dict, correction: Optional[Dict], temperature: float) -> str:
+    """`decision_rule` of an ensemble (`features.ENSEMBLE_ASSET`): its members and their rules."""
+    members = "; ".join(
+        f"{m['model']} version {m['version']} ({m['architecture']}, "
+        + (f"prior correction {m['prior_correction']:g}, " if m.get("prior_correction") else "")
+        + f"calibration temperature {m['calibration_temperature']:g})" for m in ensemble["members"])
+    after = ([f"the prior correction of strength {correction['strength']:g}"] if correction else []) + (
+        [f"a calibration temperature of {temperature:g}"] if temperature != 1.0 else [])
+    return (f"Decision rule: an ensemble of {len(ensemble['members'])} networks "
+            "(`assets.extra/ensemble.json`): `probabilities` are the mean of the members' probabilities, "
+            f"each member's as its own SavedModel serves them ({members})"
+            + (f", then {' and '.join(after)} applied to that mean" if after else "")
+            + "; `label` is the most probable class.")
 
 
 def _e(value) -> str:
@@ -239,7 +258,7 @@ def model_card(report: Dict) -> str:
     lines = [
         f"# Model card: {report['pipeline']}", "",
         "## Model",
-        f"A convolutional network that classifies a face image into one of: {', '.join(report['classes'])}. "
+        f"{'An ensemble of convolutional networks' if report.get('ensemble') else 'A convolutional network'} that classifies a face image into one of: {', '.join(report['classes'])}. "
         "Trained by this TFX pipeline on FER2013 (or the data named below); exported as a TF Serving "
         "SavedModel whose `predict_image` signature takes encoded images and returns `probabilities`, "
         "`label` and `classes`.", "",

@@ -16,7 +16,7 @@ from tfx.utils import path_utils
 from tfx.v1.dsl.components import InputArtifact, OutputArtifact, Parameter, component
 
 from components.audit import audit
-from components.trainer.export import read_calibration_temperature, read_prior_correction
+from components.trainer.export import read_calibration_temperature, read_ensemble, read_prior_correction
 from pipeline.config import EvaluationConfig
 from pipeline.evaluation import calibration, evaluation_metrics, validation_failures
 
@@ -76,7 +76,8 @@ def AuditGate(
         data={"span": examples.span, "input_fingerprint_sha256":
               hashlib.sha256(fingerprint.encode()).hexdigest() if fingerprint else "unknown",
               "examples_uri": examples.uri},
-        prior_correction=prior_correction, calibration_temperature=read_calibration_temperature(served_model))
+        prior_correction=prior_correction, calibration_temperature=read_calibration_temperature(served_model),
+        ensemble=read_ensemble(served_model))
     _write(audit_report.uri, audit.AUDIT_JSON, json.dumps(report, indent=1))
     _write(audit_report.uri, audit.AUDIT_HTML, audit.render_html(report))
     _write(audit_report.uri, audit.MODEL_CARD, audit.model_card(report))

@@ -127,10 +127,12 @@ def fitted_temperature(model: keras.Model, validation: tf.data.Dataset, log_bias
 def export_serving_model(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
                          classes: Sequence[str], export_dir: str, prior_correction: float = 0.0,
                          class_counts: Optional[Sequence[int]] = None,
-                         calibration_temperature: float = 1.0, fitted_on: str = "") -> str:
+                         calibration_temperature: float = 1.0, fitted_on: str = "",
+                         ensemble: Optional[dict] = None) -> str:
     """Writes the SavedModel to `export_dir` and returns it. `prior_correction` > 0 needs
     the training data's `class_counts` (in the order of `classes`); `fitted_on` says where
-    the calibration temperature was fitted (recorded beside it)."""
+    the calibration temperature was fitted (recorded beside it); `ensemble`, the record of
+    an ensemble network's members (`ensemble.description`), is written beside it too."""
     from components.trainer.recipe import prior_log_bias
 
     bias = None
@@ -150,6 +152,8 @@ def export_serving_model(model: keras.Model, tf_transform_output: tft.TFTransfor
             "train_counts": {c: int(n) for c, n in zip(classes, class_counts)},
             "log_bias": {c: round(float(b), 4) for c, b in zip(classes, bias)},
             "rule": features.OUTPUT_RULE})
+    if ensemble:
+        _write_asset(export_dir, features.ENSEMBLE_ASSET, ensemble)
     if calibration_temperature != 1.0:
         _write_asset(export_dir, features.CALIBRATION_ASSET, dict(
             {"temperature": calibration_temperature, "rule": features.OUTPUT_RULE},
@@ -180,6 +184,11 @@ def read_calibration_temperature(model_dir: str) -> float:
     """The calibration temperature the SavedModel in `model_dir` was exported with (1.0
     without `features.CALIBRATION_ASSET`)."""
     return float((_read_asset(model_dir, features.CALIBRATION_ASSET) or {}).get("temperature", 1.0))
+
+
+def read_ensemble(model_dir: str) -> Optional[dict]:
+    """The members an ensemble SavedModel in `model_dir` was exported with (None for one network)."""
+    return _read_asset(model_dir, features.ENSEMBLE_ASSET)
 
 
 def _warmup_images(n: int) -> list:

@@ -284,6 +284,50 @@ class OnlineDistillation(layers.Layer):
         return student_shape
 
 
+class Ensemble(keras.Model):
+    """Trained networks served as one: each member's probabilities go through its own output
+    rule (`features.OUTPUT_RULE`: its prior correction's per-class `log_bias`, its calibration
+    `temperature`), exactly as that member's SavedModel serves them, and the ensemble answers
+    their mean. A [48, 48, 1] face in [0, 1] to class probabilities, like every network
+    here; it is exported, not trained (its members are frozen)."""
+
+    def __init__(self, members: Sequence[keras.Model], log_biases: Sequence[Sequence[float]] = (),
+                 temperatures: Sequence[float] = (), name: str = "ensemble", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        classes = {int(member.output_shape[-1]) for member in members}
+        if len(classes) != 1:
+            raise ValueError(f"the members predict different numbers of classes: {sorted(classes)}")
+        n = classes.pop()
+        log_biases = list(log_biases) or [np.zeros(n)] * len(members)
+        temperatures = list(temperatures) or [1.0] * len(members)
+        if len(log_biases) != len(members) or len(temperatures) != len(members):
+            raise ValueError(f"{len(members)} members, {len(log_biases)} log-biases, "
+                             f"{len(temperatures)} temperatures: one each")
+        if any(t <= 0 for t in temperatures) or any(np.shape(b) != (n,) for b in log_biases):
+            raise ValueError(f"each member needs a positive temperature and {n} log-biases")
+        for member in members:
+            member.trainable = False
+        self.members = list(members)
+        self.log_biases = [np.asarray(b, np.float32) for b in log_biases]
+        self.temperatures = [float(t) for t in temperatures]
+        self.num_classes = n
+
+    def call(self, images, training=False):
+        total = 0.0
+        for member, bias, temperature in zip(self.members, self.log_biases, self.temperatures):
+            probabilities = member(images, training=False)
+            if temperature != 1.0 or np.any(bias):   # features.OUTPUT_RULE, as the member serves
+                logits = (ops.log(ops.maximum(probabilities, 1e-12)) + bias) / temperature
+                probabilities = ops.softmax(logits, axis=-1)
+            total = total + probabilities
+        return total / len(self.members)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_classes)
+
+
 def with_augmentation(network: keras.Model, seed: int = 42, erasing: float = 0.0,
                       distillation: Optional[OnlineDistillation] = None) -> keras.Model:
     """The training model: the augmentation layer, random erasing with probability `erasing`

@@ -7,7 +7,7 @@ import tensorflow_transform as tft
 from absl import logging
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from components.trainer import data, export, model as model_lib, recipe, training
+from components.trainer import data, ensemble, export, model as model_lib, recipe, training
 from components.trainer.tuner import tuned_config
 from pipeline.config import TrainingConfig
 
@@ -36,11 +36,13 @@ def run_fn(fn_args: FnArgs) -> None:
     class_weight = recipe.class_weight_for(config, counts)
     logging.info("Training class counts %s; imbalance=%s; class weights %s",
                  dict(zip(config.classes, counts.tolist())), config.imbalance, class_weight)
+    members = ensemble.read_members(config.ensemble, config.classes) if config.ensemble else None
     with strategy.scope():
-        network = model_lib.build(config.model, len(config.classes), config.pretrained_weights)
+        network = (ensemble.build(members) if members else
+                   model_lib.build(config.model, len(config.classes), config.pretrained_weights))
         if config.warm_start:
             load_warm_start(network, config.warm_start)
-        model = model_lib.training_model(network, config)
+        model = model_lib.training_model(network, config) if config.epochs > 0 else network
     history, average = {}, None
     if config.epochs > 0:
         averager = recipe.WeightAverage(network, config.average_from) if config.average_from else None
@@ -67,7 +69,8 @@ def run_fn(fn_args: FnArgs) -> None:
         logging.info("Calibration temperature %s fitted on %d validation faces", temperature, faces)
     export.export_serving_model(network, tf_transform_output, config.classes,
                                 fn_args.serving_model_dir, config.prior_correction, counts.tolist(),
-                                temperature, fitted_on)
+                                temperature, fitted_on,
+                                ensemble.description(members) if members else None)
     with open(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
         json.dump(history, f, indent=1)
     if average:
