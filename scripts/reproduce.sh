@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Rebuilds the six shipped models of models/ from FER2013, stage by stage, with the
+# Rebuilds the eight shipped models of models/ from FER2013, stage by stage, with the
 # commands and settings that made them (each stage has its section in RESULTS.md).
 #
 #   DATA=/path/to/fer2013 bash scripts/reproduce.sh [STAGE...]
 #
 # STAGE: any of the stages below, in this order (default: all), then `ship`, which exports
 # the six final stages through the pipeline (`fer-pipeline run ... --epochs 0`) and scores
-# and copies them to MODELS (default OUT/models, so the repository's models/ stay as they
+# and copies them to MODELS, then the two ensembles of those (`--model ensemble`), (default OUT/models, so the repository's models/ stay as they
 # are; MODELS=models replaces them). Each training stage writes OUT/<stage>/ (weights,
 # result.json, curves.png, checkpoints); a stage whose result.json says it finished is
 # skipped, and one stopped part-way (time budget, SIGTERM) resumes from its checkpoints.
@@ -36,6 +36,8 @@
 #   compact-mv2 [resnet18-swa, 8 views; weights averaged] -> compact-swa = fer2013-compact
 #   compact-mv2 [resnet18-mv-hsn, 8 views] -> compact-mv2-hsn
 #   compact-mv2-hsn [resnet18-hsn-swa, 8 views; weights averaged] -> compact-hsn-swa = fer2013-compact-happy-sad-neutral
+#   fer2013-resnet18 + fer2013-dcnn + fer2013-compact (nothing trained)  = fer2013-ensemble
+#   the three happy/sad/neutral ones (nothing trained)                   = fer2013-ensemble-happy-sad-neutral
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${DATA:?set DATA to the FER2013 folder (train/, test/)}"
@@ -84,6 +86,14 @@ ship() {  # ship NAME MODEL STAGE [fer-pipeline run ARGS...]: export, score, cop
     --imbalance none --calibration-temperature 0 --warm-start "$(weights "$stage" "$model")" --epochs 0 "$@"
   run "$PY" -m pipeline.ship --pushed "$(pushed "$stage")" --name "$name" --data "$DATA" \
     --models-dir "$MODELS" --result "$OUT/$stage/result.json"
+}
+
+ship_ensemble() {  # ship_ensemble NAME [fer-pipeline run ARGS...] --ensemble MEMBERS...: shipped models as one
+  local name=$1
+  shift
+  run "$PY" -m pipeline.cli run --data "$DATA" --output "$RUNS/$name" --model ensemble \
+    --imbalance none --calibration-temperature 0 --epochs 0 "$@"
+  run "$PY" -m pipeline.ship --pushed "$(pushed "$name")" --name "$name" --data "$DATA" --models-dir "$MODELS"
 }
 
 stage() {
@@ -171,7 +181,12 @@ stage() {
       ship fer2013-resnet18 resnet18 resnet18-swa
       ship fer2013-resnet18-happy-sad-neutral resnet18 resnet18-hsn-swa --classes $HSN
       ship fer2013-compact compact_resnet compact-swa
-      ship fer2013-compact-happy-sad-neutral compact_resnet compact-hsn-swa --classes $HSN ;;
+      ship fer2013-compact-happy-sad-neutral compact_resnet compact-hsn-swa --classes $HSN
+      ship_ensemble fer2013-ensemble --ensemble "$MODELS/fer2013-resnet18" "$MODELS/fer2013-dcnn" \
+        "$MODELS/fer2013-compact"
+      ship_ensemble fer2013-ensemble-happy-sad-neutral --classes $HSN --ensemble \
+        "$MODELS/fer2013-resnet18-happy-sad-neutral" "$MODELS/fer2013-dcnn-happy-sad-neutral" \
+        "$MODELS/fer2013-compact-happy-sad-neutral" ;;
     *) echo "unknown stage $1" >&2; exit 2 ;;
   esac
 }

@@ -63,8 +63,15 @@ def test_each_shipped_model_is_exported_from_a_stage_trained_as_its_metadata_rec
     names = [s[s.index("--name") + 1] for s in ships]
     assert sorted(names) == sorted(os.listdir(REPO / "models")), "one ship per model under models/"
     assert len(exports) == len(ships)
-    for export, ship, name in zip(exports, ships, names):
+    for position, (export, ship, name) in enumerate(zip(exports, ships, names)):
         metadata = json.loads((REPO / "models" / name / "metadata.json").read_text())
+        if export.model == "ensemble":   # shipped models served as one, shipped before it
+            assert export.epochs == 0 and export.calibration_temperature == 0 and "--result" not in ship
+            assert [os.path.relpath(m, os.path.abspath("m")) for m in export.ensemble] == \
+                metadata["recipe"]["ensemble"] == [m["model"] for m in metadata["ensemble"]["members"]]
+            assert set(metadata["recipe"]["ensemble"]) <= set(names[:position]), name
+            assert (export.classes or ",".join(metadata["classes"])).split(",") == metadata["classes"], name
+            continue
         stage = stages[export.warm_start]
         recipe, training = metadata["recipe"], metadata["training"]
         assert export.command == "run" and export.epochs == 0 and export.model == stage.model == recipe["model"]

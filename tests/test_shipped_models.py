@@ -62,6 +62,26 @@ def test_shipped_model_metadata_names_classes_data_recipe_and_date():
         assert os.path.isfile(os.path.join(_version_dir(metadata_path, metadata), "saved_model.pb"))
 
 
+def test_a_shipped_ensemble_is_made_of_the_shipped_models_it_names_at_their_shipped_versions():
+    """An ensemble carries its members' weights; its record must name the shipped models it
+    was made of, so a member shipped anew means the ensemble is exported anew too."""
+    ensembles = [p for p in SHIPPED if json.load(open(p)).get("ensemble")]
+    assert {p.split(os.sep)[-2] for p in ensembles} == {"fer2013-ensemble", "fer2013-ensemble-happy-sad-neutral"}
+    for metadata_path in ensembles:
+        metadata = json.load(open(metadata_path))
+        members = metadata["ensemble"]["members"]
+        assert len(members) >= 2 and metadata["recipe"]["ensemble"] == [m["model"] for m in members]
+        assert metadata["ensemble"]["rule"] == features.ENSEMBLE_RULE
+        for member in members:
+            shipped = json.load(open(REPO / "models" / member["model"] / ship.METADATA_JSON))
+            assert str(shipped["version"]) == member["version"], (metadata_path, member["model"])
+            assert shipped["classes"] == metadata["classes"] and shipped["recipe"]["model"] == member["architecture"]
+            assert shipped["metrics_publictest"]["accuracy"] == member["publictest_accuracy"]
+            assert shipped.get("calibration_temperature", 1.0) == member["calibration_temperature"]
+            # more accurate together than any member alone, on the same faces
+            assert metadata["metrics_publictest"]["accuracy"] > member["publictest_accuracy"]
+
+
 def test_the_audit_report_shipped_with_a_model_agrees_with_its_metadata():
     """The Evaluator scored each model on PublicTest in its pipeline run; its audit report
     (beside the SavedModel) must give the same accuracy and arg-max macro-F1 as the ship
