@@ -152,3 +152,15 @@ def test_ensemble_settings_are_refused_before_any_data_is_read(tmp_path, capsys)
     assert cli.main(run) == 2
     assert "needs its members" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_run_summary_says_an_ensemble_was_exported_and_of_which_models():
+    from pipeline import summary
+
+    text = summary.format_text({"pipeline": "fer2013-ensemble", "seconds": 1, "components": {},
+                                "blessed": True, "pushed": False, "training": {
+                                    "epochs": 0, "best_val_accuracy": 0.0,
+                                    "ensemble": ["fer2013-resnet18", "fer2013-dcnn"]}})
+    assert ("Training: none: an ensemble of 2 exported models (fer2013-resnet18, fer2013-dcnn) was "
+            "exported as one") in text.splitlines()
+    assert "warm-start" not in text

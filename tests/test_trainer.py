@@ -42,7 +42,7 @@ def test_every_builder_maps_a_face_to_class_probabilities(name, params_7, params
 
 def test_the_configuration_knows_exactly_the_registered_models():
     from pipeline import config
-    assert set(config.MODELS) == set(model_lib.BUILDERS)
+    assert set(config.MODELS) == set(model_lib.BUILDERS) | {"ensemble"}   # exported models as one
     assert set(config.TRANSFER_MODELS) == set(model_lib.TRANSFER_BASES)
 
 
