@@ -154,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--data", help="override the config's data URI (object storage)")
     c.add_argument("--serving-dir", help="override the config's serving_dir (object storage)")
     c.add_argument("--profile", choices=config.PROFILES, help="override the config's profile")
-    c.add_argument("--model", choices=sorted(model.BUILDERS), help="override the config's model")
+    c.add_argument("--model", choices=sorted(model.BUILDERS) + ["ensemble"], help="override the config's model")
     c.add_argument("--classes", help="override the config's classes (comma-separated)")
     c.add_argument("--verbose", action="store_true", help="show TFX logs")
     return parser
@@ -256,7 +256,7 @@ def _training_overrides(args: argparse.Namespace) -> tuple:
         if values.get(key) and "://" not in values[key]:  # object storage stays as it is
             values[key] = os.path.abspath(values[key])
     if values.get("ensemble"):
-        values["ensemble"] = [p if "://" in p else os.path.abspath(p) for p in values["ensemble"]]
+        values["ensemble"] = [p if "://" in p else os.path.abspath(p) for p in values["ensemble"]]  # refused later
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in values.items()))
 
 

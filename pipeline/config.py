@@ -172,6 +172,9 @@ class TrainingConfig(_DictMixin):
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.ensemble and self.model != "ensemble":
             raise ValueError(f"ensemble members need model 'ensemble', got model {self.model!r}")
+        if any("://" in member for member in self.ensemble):
+            raise ValueError("ensemble members are read from local or mounted folders, not object "
+                             f"storage: {', '.join(m for m in self.ensemble if '://' in m)}")
         if self.ensemble and (self.epochs != 0 or self.warm_start):
             raise ValueError("an ensemble of exported models is exported as it is, not trained: "
                              f"epochs must be 0 and no warm_start, got epochs {self.epochs}")

@@ -161,3 +161,17 @@ def test_training_overrides_and_the_tuner_come_from_configuration(tmp_path):
     config_file.write_text(text.replace("  label_smoothing: 0.0", "  checkpoint_dir: gs://b/ckpt"))
     with pytest.raises(runner.ConfigError, match="object storage is not supported for checkpoints"):
         runner.load_config(str(config_file))
+
+
+def test_an_ensemble_compiles_with_its_members_read_from_the_container(tmp_path):
+    config_file = tmp_path / "config.yaml"
+    members = [f"{runner.IMAGE_WORKDIR}/models/fer2013-resnet18", f"{runner.IMAGE_WORKDIR}/models/fer2013-dcnn"]
+    text = open(runner.DEFAULT_CONFIG).read()
+    config_file.write_text(text.replace("  label_smoothing: 0.0", "  label_smoothing: 0.0\n  ensemble: ["
+                                        + ", ".join(members) + "]"))
+    _, spec, _ = compiled(tmp_path, str(config_file), model="ensemble", epochs=0)
+    training = json.loads(task_parameter(spec, "Trainer", "custom_config"))
+    assert (training["model"], training["ensemble"], training["epochs"]) == ("ensemble", members, 0)
+    config_file.write_text(text.replace("  label_smoothing: 0.0", "  ensemble: [gs://b/models/fer2013-dcnn]"))
+    with pytest.raises(runner.ConfigError, match="local or mounted folders, not object storage: gs://b/models"):
+        runner.load_config(str(config_file), model="ensemble", epochs=0)

@@ -36,8 +36,8 @@ def run_fn(fn_args: FnArgs) -> None:
     class_weight = recipe.class_weight_for(config, counts)
     logging.info("Training class counts %s; imbalance=%s; class weights %s",
                  dict(zip(config.classes, counts.tolist())), config.imbalance, class_weight)
-    members = ensemble.read_members(config.ensemble, config.classes) if config.ensemble else None
-    with strategy.scope():
+    with strategy.scope():   # an ensemble's members too: their variables belong to the strategy
+        members = ensemble.read_members(config.ensemble, config.classes) if config.ensemble else None
         network = (ensemble.build(members) if members else
                    model_lib.build(config.model, len(config.classes), config.pretrained_weights))
         if config.warm_start:
