@@ -20,8 +20,7 @@ import keras
 import numpy as np
 
 from components.trainer import model as model_lib
-
-METADATA_JSON = "metadata.json"   # the same file pipeline.ship writes beside each version
+from pipeline.ship import METADATA_JSON
 
 
 @dataclasses.dataclass
@@ -32,7 +31,7 @@ class Member:
     log_bias: np.ndarray
     temperature: float
     prior_strength: float
-    shipped: Optional[Dict]   # name, version and PublicTest metrics of a shipped member
+    shipped: Optional[Dict]   # a shipped member's PublicTest accuracy and macro-F1
 
     def describe(self) -> Dict:
         """What the exported ensemble records of this member (no folder of this machine)."""
@@ -75,9 +74,9 @@ def read_member(path: str, classes: Sequence[str]) -> Member:
     metadata = _shipped_metadata(version_dir)
     architecture = ((metadata or {}).get("recipe") or {}).get("model")
     if architecture:
-        network = network_from_saved_model(version_dir, architecture)
+        network = network_from_saved_model(version_dir, architecture, len(served))
     else:
-        network, architecture = _fitting_network(version_dir)
+        network, architecture = _fitting_network(version_dir, len(served))
     rule = applied(version_dir, classes)
     shipped = None
     if metadata:
@@ -87,12 +86,12 @@ def read_member(path: str, classes: Sequence[str]) -> Member:
                   float(rule.temperature), float(rule.strength), shipped)
 
 
-def _fitting_network(version_dir: str):
+def _fitting_network(version_dir: str, num_classes: int):
     from components.trainer.saved_weights import network_from_saved_model
 
     for architecture in sorted(model_lib.BUILDERS):
         try:
-            return network_from_saved_model(version_dir, architecture), architecture
+            return network_from_saved_model(version_dir, architecture, num_classes), architecture
         except ValueError:
             continue
     raise ValueError(f"ensemble member {version_dir}: its variables fit none of the architectures "

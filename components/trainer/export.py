@@ -41,7 +41,7 @@ import tensorflow_transform as tft
 from PIL import Image
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from components.trainer.model import TEST_TIME_VIEWS, View, view_of
+from components.trainer.model import TEST_TIME_VIEWS, View, served_probabilities, view_of
 from pipeline import features
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -71,11 +71,7 @@ class ServingModule(tf.Module):
         pixels = self.tft_layer(raw_features)[features.PIXELS_KEY]
         seen = tf.concat([view_of(pixels, view, take=tf.gather) for view in views], axis=0)
         probabilities = self.model(seen, training=False)
-        if self.class_log_bias is not None or self.temperature != 1.0:   # features.OUTPUT_RULE
-            logits = tf.math.log(tf.maximum(probabilities, 1e-12))
-            if self.class_log_bias is not None:
-                logits += self.class_log_bias
-            probabilities = tf.nn.softmax(logits / self.temperature, axis=-1)
+        probabilities = served_probabilities(probabilities, self.class_log_bias, self.temperature)
         probabilities = tf.reduce_mean(
             tf.reshape(probabilities, [len(views), -1, self.class_names.shape[0]]), axis=0)
         labels = tf.gather(self.class_names, tf.argmax(probabilities, axis=-1))

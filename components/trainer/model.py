@@ -284,6 +284,19 @@ class OnlineDistillation(layers.Layer):
         return student_shape
 
 
+def served_probabilities(probabilities, log_bias=None, temperature: float = 1.0):
+    """`features.OUTPUT_RULE` in Keras ops: softmax((log(probabilities) + log_bias) /
+    temperature), or `probabilities` unchanged without a bias and at temperature 1. The
+    export applies it to the network, an `Ensemble` to each member (pipeline.prior.corrected
+    is the NumPy twin the scans use)."""
+    if log_bias is None and temperature == 1.0:
+        return probabilities
+    logits = ops.log(ops.maximum(probabilities, 1e-12))
+    if log_bias is not None:
+        logits = logits + log_bias
+    return ops.softmax(logits / temperature, axis=-1)
+
+
 class Ensemble(keras.Model):
     """Trained networks served as one: each member's probabilities go through its own output
     rule (`features.OUTPUT_RULE`: its prior correction's per-class `log_bias`, its calibration
@@ -317,11 +330,8 @@ class Ensemble(keras.Model):
     def call(self, images, training=False):
         total = 0.0
         for member, bias, temperature in zip(self.members, self.log_biases, self.temperatures):
-            probabilities = member(images, training=False)
-            if temperature != 1.0 or np.any(bias):   # features.OUTPUT_RULE, as the member serves
-                logits = (ops.log(ops.maximum(probabilities, 1e-12)) + bias) / temperature
-                probabilities = ops.softmax(logits, axis=-1)
-            total = total + probabilities
+            total = total + served_probabilities(member(images, training=False),
+                                                 bias if np.any(bias) else None, temperature)
         return total / len(self.members)
 
     def compute_output_shape(self, input_shape):

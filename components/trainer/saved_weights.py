@@ -21,22 +21,25 @@ import tensorflow as tf
 from components.trainer import model as model_lib
 
 
-def network_from_saved_model(saved_model_dir: str, model: str) -> keras.Model:
-    """A `model` network with the weights of the SavedModel at `saved_model_dir`."""
+def network_from_saved_model(saved_model_dir: str, model: str,
+                             num_classes: Optional[int] = None) -> keras.Model:
+    """A `model` network with the weights of the SavedModel at `saved_model_dir`, for its
+    `num_classes` classes (when not given, read from its `predict_image` signature)."""
     from pipeline.ship import served_predictor
 
     if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
         raise ValueError(f"{saved_model_dir}: no saved_model.pb (give a version folder, "
                          "models/<name>/<version>)")
-    classes = served_predictor(saved_model_dir)[1]
-    network = model_lib.build(model, len(classes))
+    if num_classes is None:
+        num_classes = len(served_predictor(saved_model_dir)[1])
+    network = model_lib.build(model, num_classes)
     checkpoint = tf.train.Checkpoint(model=network)
     try:
         checkpoint.read(os.path.join(saved_model_dir, "variables", "variables")) \
             .assert_existing_objects_matched()
     except (AssertionError, ValueError) as error:
         raise ValueError(f"{saved_model_dir}: its variables do not fit a {model!r} network with "
-                         f"{len(classes)} classes (exported with another --model?): "
+                         f"{num_classes} classes (exported with another --model?): "
                          f"{str(error).splitlines()[0]}") from None
     return network
 
