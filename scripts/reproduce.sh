@@ -33,7 +33,8 @@
 #   dcnn-hsn [resnet18-hsn-swa, 8 views; weights averaged] -> dcnn-hsn-swa = fer2013-dcnn-happy-sad-neutral
 #   [resnet18-kd + dcnn, flip] -> compact-resnet-kd
 #   compact-resnet-kd [resnet18-mv, 8 views] -> compact-mv -> (again) compact-mv2
-#   compact-mv2 [resnet18-swa, 8 views; weights averaged] -> compact-swa = fer2013-compact
+#   compact-mv2 [resnet18-swa, 8 views; weights averaged] -> compact-swa
+#   compact-swa [resnet18-swa + dcnn-swa + compact-swa, flip; weights averaged] -> compact-swa2 = fer2013-compact
 #   compact-mv2 [resnet18-mv-hsn, 8 views] -> compact-mv2-hsn
 #   compact-mv2-hsn [resnet18-hsn-swa, 8 views; weights averaged] -> compact-hsn-swa = fer2013-compact-happy-sad-neutral
 #   fer2013-resnet18 + fer2013-dcnn + fer2013-compact (nothing trained)  = fer2013-ensemble
@@ -163,6 +164,12 @@ stage() {
         --epochs 16 --learning-rate 3e-4 --lr-schedule plateau --reduce-lr-patience 100 \
         --patience 100 --teacher-model resnet18 --teacher-weights "$(weights resnet18-swa resnet18)" \
         --teacher-views multiview --average-from 1 ;;
+    # A second averaging round, taught by the three members of fer2013-ensemble.
+    compact-swa2) train compact-swa2 compact_resnet --warm-start "$(weights compact-swa compact_resnet)" \
+        --epochs 40 --learning-rate 3e-4 --lr-schedule plateau --reduce-lr-patience 100 \
+        --patience 100 --teacher-model resnet18,dcnn,compact_resnet --teacher-flip --teacher-weights \
+        "$(weights resnet18-swa resnet18),$(weights dcnn-swa dcnn),$(weights compact-swa compact_resnet)" \
+        --average-from 1 ;;
     compact-mv2-hsn) train compact-mv2-hsn compact_resnet --classes $HSN --warm-start-classes $ALL7 \
         --warm-start "$(weights compact-mv2 compact_resnet)" --epochs 16 --learning-rate 5e-4 \
         --lr-schedule cosine --patience 40 \
@@ -180,7 +187,7 @@ stage() {
       ship fer2013-dcnn-happy-sad-neutral dcnn dcnn-hsn-swa --classes $HSN
       ship fer2013-resnet18 resnet18 resnet18-swa
       ship fer2013-resnet18-happy-sad-neutral resnet18 resnet18-hsn-swa --classes $HSN
-      ship fer2013-compact compact_resnet compact-swa
+      ship fer2013-compact compact_resnet compact-swa2
       ship fer2013-compact-happy-sad-neutral compact_resnet compact-hsn-swa --classes $HSN
       ship_ensemble fer2013-ensemble --ensemble "$MODELS/fer2013-resnet18" "$MODELS/fer2013-dcnn" \
         "$MODELS/fer2013-compact"
@@ -193,7 +200,7 @@ stage() {
 
 STAGES=(dcnn dcnn-hsn resnet18 resnet18-restart resnet18-hsn resnet18-kd dcnn-kd resnet18-mv
         resnet18-swa dcnn-mv dcnn-swa resnet18-mv-hsn resnet18-hsn-swa compact-resnet-kd compact-mv compact-mv2
-        compact-swa compact-mv2-hsn compact-hsn-swa dcnn-hsn-swa ship)
+        compact-swa compact-swa2 compact-mv2-hsn compact-hsn-swa dcnn-hsn-swa ship)
 for name in "${@:-${STAGES[@]}}"; do
   stage "$name"
 done

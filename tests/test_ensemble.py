@@ -106,7 +106,10 @@ def test_an_exported_ensemble_serves_the_mean_and_records_its_members(shipped_me
     # The model card says what the served probabilities are.
     rule = audit.decision_rule({"ensemble": record, "prior_correction": None, "calibration_temperature": 0.9})
     assert "an ensemble of 2 networks" in rule and "fer2013-compact version" in rule
-    assert "(compact_resnet, calibration temperature 0.633)" in rule
+    compact = next(m for m in record["members"] if m["model"] == "fer2013-compact")
+    assert f"(compact_resnet, calibration temperature {compact['calibration_temperature']})" in rule
+    assert compact["calibration_temperature"] == json.load(open(os.path.join(COMPACT, ship.METADATA_JSON)))[
+        "calibration_temperature"]
     assert rule.endswith("then a calibration temperature of 0.9 applied to that mean; `label` is the most "
                          "probable class.")
 
