@@ -246,13 +246,14 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
     one_hot = np.eye(len(classes), dtype=np.float32)
     targets = one_hot[y[~held_out]]
     class_weight = recipe.class_weight_for(config, counts)
-    # Keras weighs an example by the class of argmax(target); with soft targets that is
-    # the teacher's guess, so the weights follow the true labels here instead.
-    example_weights = (np.asarray([class_weight[c] for c in y[~held_out]], np.float32)
-                       if class_weight and teacher else None)
+    example_weights = None
     if online:   # the labels' share of the loss; the teacher's is online's added loss
         example_weights = np.full(len(targets), 1.0 - teacher.weight, np.float32)
     elif teacher:
+        # Keras weighs an example by the class of argmax(target); with soft targets that
+        # is the teacher's guess, so the weights follow the true labels here instead.
+        if class_weight:
+            example_weights = np.asarray([class_weight[c] for c in y[~held_out]], np.float32)
         targets = soft_targets(y[~held_out], teacher.probabilities(x[~held_out], len(classes)),
                                teacher.weight, teacher.temperature)
     started, epochs, stopper = time.time(), _EpochCounter(), recipe.StopWhenAsked(max_minutes)
