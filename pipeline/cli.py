@@ -43,7 +43,6 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     from pipeline import config, run
-    from components.trainer import model
 
     parser = _Parser(prog=PROG, description="TFX pipeline for facial emotion recognition on FER2013")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -75,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="Beam DirectRunner workers (0: one per CPU)")
         q.add_argument("--no-cache", action="store_true", help="re-run every component")
         q.add_argument("--verbose", action="store_true", help="show TFX and Beam logs")
-    p.add_argument("--model", choices=sorted(model.BUILDERS) + ["ensemble"], default="dcnn",
+    p.add_argument("--model", choices=sorted(config.MODELS), default="dcnn",
                    help="the network to train (default: dcnn), or 'ensemble' with --ensemble")
     p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
     p.add_argument("--min-accuracy", type=float,
@@ -154,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--data", help="override the config's data URI (object storage)")
     c.add_argument("--serving-dir", help="override the config's serving_dir (object storage)")
     c.add_argument("--profile", choices=config.PROFILES, help="override the config's profile")
-    c.add_argument("--model", choices=sorted(model.BUILDERS) + ["ensemble"], help="override the config's model")
+    c.add_argument("--model", choices=sorted(config.MODELS), help="override the config's model")
     c.add_argument("--classes", help="override the config's classes (comma-separated)")
     c.add_argument("--verbose", action="store_true", help="show TFX logs")
     return parser
@@ -215,10 +214,7 @@ def _settings(args: argparse.Namespace):
     if not validate_only:  # the recipe is checked before any data is read
         from serving.photos import resolve_model_dir
         for member in [m for m in (args.ensemble or []) if "://" not in m]:
-            try:
-                resolve_model_dir(member)
-            except ValueError as e:
-                raise ValueError(f"--ensemble {member}: {str(e).replace('--model: ', '')}") from None
+            resolve_model_dir(member, what=f"--ensemble {member}")
         try:
             with_overrides(TrainingConfig(model=args.model, classes=classes),
                            dict(overrides, **({} if args.epochs is None else {"epochs": args.epochs})))

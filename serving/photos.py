@@ -97,16 +97,17 @@ def with_test_time_views(classifier, name: str):
     return TestTimeViews(classifier, TEST_TIME_VIEWS[name])
 
 
-def resolve_model_dir(path: str) -> str:
-    """`path` if it holds saved_model.pb, else its newest numeric version subdirectory."""
+def resolve_model_dir(path: str, what: str = "--model") -> str:
+    """`path` if it holds saved_model.pb, else its newest numeric version subdirectory;
+    `what` names the path in the error (the flag or the record it came from)."""
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path
     if not os.path.isdir(path):
-        raise ValueError(f"--model: no such directory: {path}")
+        raise ValueError(f"{what}: no such directory: {path}")
     versions = sorted((int(n) for n in os.listdir(path)
                        if n.isdigit() and os.path.isfile(os.path.join(path, n, "saved_model.pb"))))
     if not versions:
-        raise ValueError(f"--model: {path} holds no SavedModel (saved_model.pb) and no "
+        raise ValueError(f"{what}: {path} holds no SavedModel (saved_model.pb) and no "
                          f"numeric version directory with one")
     return os.path.join(path, str(versions[-1]))
 

@@ -63,10 +63,7 @@ def read_member(path: str, classes: Sequence[str]) -> Member:
     from pipeline.ship import served_predictor
     from serving.photos import resolve_model_dir
 
-    try:
-        version_dir = resolve_model_dir(path)
-    except ValueError as error:
-        raise ValueError(f"ensemble member {path}: {str(error).replace('--model: ', '')}") from None
+    version_dir = resolve_model_dir(path, what=f"ensemble member {path}")
     served = served_predictor(version_dir)[1]
     if list(served) != list(classes):
         raise ValueError(f"ensemble member {version_dir}: predicts {', '.join(served)}; the pipeline "
