@@ -77,6 +77,11 @@ CALIBRATION_ASSET = "assets.extra/calibration.json"
 # How the served probabilities follow from the network's (both assets state it): the
 # temperature is 1 and the bias 0 when the model has no such asset.
 OUTPUT_RULE = "probabilities = softmax((log(network probabilities) + log_bias) / temperature)"
+# The Trainer's records in its model_run folder (components.trainer.run writes them,
+# pipeline.summary reads them).
+HISTORY_JSON = "history.json"
+TRAINING_CONFIG_JSON = "training_config.json"
+CLASS_BALANCE_JSON = "class_balance.json"
 # Beside a SavedModel of an ensemble (TrainingConfig.ensemble): its members and their rules.
 ENSEMBLE_ASSET = "assets.extra/ensemble.json"
 ENSEMBLE_RULE = ("probabilities = the mean of the members' probabilities, each member's by its own "

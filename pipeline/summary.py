@@ -17,6 +17,7 @@ from tfx import v1 as tfx
 from components.audit import audit
 from components.data_validation import report as data_report
 from components.example_gen import report as ingestion_report
+from pipeline import features
 from pipeline.evaluation import ACCURACY, confusion_matrix, evaluation_metrics, validation_failures
 
 SUMMARY_JSON = "summary.json"
@@ -93,18 +94,18 @@ def collect(metadata_path: str, pipeline: tfx.dsl.Pipeline, since: float,
             "findings": loaded["findings"], "distances": loaded["distances"],
             "class_distribution": loaded["class_distribution"], "report_dir": gate.uri}
     model_run = output("Trainer", "model_run")
-    if model_run and tf.io.gfile.exists(os.path.join(model_run.uri, "history.json")):
-        with tf.io.gfile.GFile(os.path.join(model_run.uri, "history.json")) as f:
+    if model_run and tf.io.gfile.exists(os.path.join(model_run.uri, features.HISTORY_JSON)):
+        with tf.io.gfile.GFile(os.path.join(model_run.uri, features.HISTORY_JSON)) as f:
             history = json.load(f)
         out["training"] = {"epochs": len(history.get("loss", [])),
                            "best_val_accuracy": round(max(history.get("val_accuracy", [0.0])), 4)}
-        recipe = os.path.join(model_run.uri, "training_config.json")
+        recipe = os.path.join(model_run.uri, features.TRAINING_CONFIG_JSON)
         if tf.io.gfile.exists(recipe):
             with tf.io.gfile.GFile(recipe) as f:
                 members = json.load(f).get("ensemble") or []
             if members:
                 out["training"]["ensemble"] = [os.path.basename(os.path.normpath(m)) for m in members]
-        balance = os.path.join(model_run.uri, "class_balance.json")
+        balance = os.path.join(model_run.uri, features.CLASS_BALANCE_JSON)
         if tf.io.gfile.exists(balance):
             with tf.io.gfile.GFile(balance) as f:
                 out["training"]["class_balance"] = json.load(f)

@@ -9,6 +9,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 
 from components.trainer import data, ensemble, export, model as model_lib, recipe, training
 from components.trainer.tuner import tuned_config
+from pipeline import features
 from pipeline.config import TrainingConfig
 
 
@@ -71,14 +72,14 @@ def run_fn(fn_args: FnArgs) -> None:
                                 fn_args.serving_model_dir, config.prior_correction, counts.tolist(),
                                 temperature, fitted_on,
                                 ensemble.description(members) if members else None)
-    with open(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
+    with open(os.path.join(fn_args.model_run_dir, features.HISTORY_JSON), "w") as f:
         json.dump(history, f, indent=1)
     if average:
         with open(os.path.join(fn_args.model_run_dir, "weight_average.json"), "w") as f:
             json.dump(average, f, indent=1)
-    with open(os.path.join(fn_args.model_run_dir, "training_config.json"), "w") as f:
+    with open(os.path.join(fn_args.model_run_dir, features.TRAINING_CONFIG_JSON), "w") as f:
         json.dump(config.to_dict(), f, indent=1)
-    with open(os.path.join(fn_args.model_run_dir, "class_balance.json"), "w") as f:
+    with open(os.path.join(fn_args.model_run_dir, features.CLASS_BALANCE_JSON), "w") as f:
         json.dump({"imbalance": config.imbalance, "prior_correction": config.prior_correction,
                    "calibration_temperature": temperature,
                    "train_counts": dict(zip(config.classes, counts.tolist())),
