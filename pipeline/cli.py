@@ -10,6 +10,7 @@
                      [--validation-config FILE]      (ingest and validate only)
     fer-pipeline predict PHOTO... (--model DIR | --server URL) [--tta flip|multiview]
                      [--json] [--annotate OUTDIR]
+    fer-pipeline models [--models-dir DIR] [--json]   (the shipped models and their PublicTest scores)
     fer-pipeline compile --output FILE.yaml [--config kubeflow/config.yaml] [--image IMAGE]
                      [--pipeline-root URI] [--data URI] [--serving-dir URI] [--profile ...]
 
@@ -144,6 +145,11 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="print one JSON document")
     f.add_argument("--annotate", metavar="OUTDIR", help="write annotated copies of the photos here")
     f.add_argument("--verbose", action="store_true", help="show TensorFlow logs")
+
+    m = sub.add_parser("models", help="the shipped models under models/ and their PublicTest "
+                                      "accuracy (macro-F1) through each signature, from their metadata.json")
+    m.add_argument("--models-dir", default="models", help="where the shipped models are (default: models)")
+    m.add_argument("--json", action="store_true", help="print one JSON document instead of a Markdown table")
 
     c = sub.add_parser("compile", help="compile for Kubeflow Pipelines (KFP v2 PipelineSpec YAML)")
     c.add_argument("--output", required=True, help="the PipelineSpec file to write (.yaml)")
@@ -287,8 +293,23 @@ def _config_values(path: Optional[str], flag: str) -> dict:
     return values
 
 
+def _models(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline import ship
+
+    rows = ship.catalogue(args.models_dir)
+    if not rows:
+        sys.stderr.write(f"{PROG}: error: --models-dir: no <name>/{ship.METADATA_JSON} under {args.models_dir}\n")
+        return 2
+    print(json.dumps(rows, indent=1) if args.json else ship.catalogue_markdown(rows), end="" if not args.json else "\n")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "models":  # reads JSON files only: no TensorFlow, no logging set-up
+        return _models(args)
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.INFO if args.verbose else absl_logging.ERROR)
     if not args.verbose:

@@ -14,6 +14,7 @@ keeps the record of how they were trained. An ensemble (`--model ensemble`) need
 `--result`: its metadata records its members (`ensemble`) and their own metrics.
 """
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -279,6 +280,56 @@ def write_confusion_png(measured: Dict, classes: Sequence[str], path: str, title
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+CATALOGUE_VIEWS = (("one view", "metrics_publictest"), ("flip", "publictest_flip_tta"),
+                   ("8 views", "publictest_multiview_tta"))
+
+
+def catalogue(models_dir: str = "models") -> List[Dict]:
+    """One row per shipped model under `models_dir`, read from its metadata.json: name,
+    version, classes, architecture (an ensemble's members' joined by '+'), parameters,
+    size and PublicTest accuracy and macro-F1 through each signature
+    (`CATALOGUE_VIEWS`). Sorted by classes, then by one-view accuracy, best first."""
+    rows = []
+    for path in sorted(glob.glob(os.path.join(models_dir, "*", METADATA_JSON))):
+        with open(path) as f:
+            metadata = json.load(f)
+        members = (metadata.get("ensemble") or {}).get("members") or []
+        if members:
+            architecture = "+".join(m["architecture"] for m in members)
+            parameters = sum(m["parameters"] for m in members)
+        else:
+            architecture = (metadata.get("recipe") or {}).get("model", "")
+            parameters = (metadata.get("training") or {}).get("parameters")
+        rows.append({
+            "name": metadata["name"], "version": str(metadata["version"]),
+            "classes": metadata["classes"], "architecture": architecture, "parameters": parameters,
+            "size_bytes": metadata.get("size_bytes"), "date": metadata.get("date"),
+            "publictest": {view: {k: (metadata.get(key) or {}).get(k) for k in ("accuracy", "macro_f1")}
+                           for view, key in CATALOGUE_VIEWS}})
+    return sorted(rows, key=lambda r: (len(r["classes"]) != len(features.EMOTIONS),
+                                       -(r["publictest"]["one view"]["accuracy"] or 0)))
+
+
+def catalogue_markdown(rows: Sequence[Dict]) -> str:
+    """`catalogue` rows as the Markdown table README.md shows (a test keeps the two equal)."""
+    def score(metrics: Dict) -> str:
+        if metrics["accuracy"] is None:
+            return "-"
+        return f"{100 * metrics['accuracy']:.1f}% ({metrics['macro_f1']:.3f})"
+
+    views = [view for view, _ in CATALOGUE_VIEWS]
+    lines = ["| model | classes | architecture | parameters | MB | "
+             + " | ".join(f"PublicTest, {v}" for v in views) + " |",
+             "|---" * (5 + len(views)) + "|"]
+    for r in rows:
+        classes = "all 7" if len(r["classes"]) == len(features.EMOTIONS) else ", ".join(r["classes"])
+        parameters = f"{r['parameters'] / 1e6:.2f} M" if r["parameters"] else "-"
+        size = f"{r['size_bytes'] / 2 ** 20:.1f}" if r["size_bytes"] else "-"
+        lines.append(f"| `{r['name']}` {r['version']} | {classes} | `{r['architecture']}` | {parameters} | "
+                     f"{size} | " + " | ".join(score(r["publictest"][v]) for v in views) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -62,6 +62,30 @@ def test_shipped_model_metadata_names_classes_data_recipe_and_date():
         assert os.path.isfile(os.path.join(_version_dir(metadata_path, metadata), "saved_model.pb"))
 
 
+def test_the_readme_table_of_shipped_models_is_the_one_their_metadata_gives():
+    rows = ship.catalogue(str(REPO / "models"))
+    assert [r["name"] for r in rows] and len(rows) == len(SHIPPED)
+    table = ship.catalogue_markdown(rows)
+    assert table in (REPO / "README.md").read_text(), (
+        "README.md's shipped-models table is out of date; paste `fer-pipeline models`:\n" + table)
+    best = rows[0]  # 7 classes first, best one-view accuracy first
+    assert len(best["classes"]) == len(features.EMOTIONS)
+    assert all(best["publictest"]["one view"]["accuracy"] >= r["publictest"]["one view"]["accuracy"]
+               for r in rows if len(r["classes"]) == len(features.EMOTIONS))
+
+
+def test_fer_pipeline_models_prints_the_catalogue_and_names_an_empty_folder(tmp_path, capsys, monkeypatch):
+    from pipeline import cli
+
+    monkeypatch.chdir(REPO)  # --models-dir defaults to ./models
+    assert cli.main(["models", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(ship.catalogue("models")))
+    assert cli.main(["models", "--models-dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert str(tmp_path) in error and "metadata.json" in error
+
+
 def test_a_shipped_ensemble_is_made_of_the_shipped_models_it_names_at_their_shipped_versions():
     """An ensemble carries its members' weights; its record must name the shipped models it
     was made of, so a member shipped anew means the ensemble is exported anew too."""
