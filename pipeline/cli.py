@@ -43,7 +43,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from pipeline import config, run
+    from pipeline import config  # not pipeline.run: parsing imports no TFX
 
     parser = _Parser(prog=PROG, description="TFX pipeline for facial emotion recognition on FER2013")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--output", required=True, help="directory for everything the run makes")
         q.add_argument("--profile", choices=config.PROFILES, default="full",
                        help="smoke: small stratified sample, 2 epochs; full: all data, full recipe")
-        q.add_argument("--runner", choices=run.RUNNERS, default="local",
+        q.add_argument("--runner", choices=config.RUNNERS, default="local",
                        help="orchestrator: TFX LocalDagRunner or BeamDagRunner")
         q.add_argument("--classes", default="",
                        help="comma-separated emotions to train on (default: all seven)")
@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--validation-config",
                        help="YAML or JSON file overriding data-validation thresholds and actions "
                             "(keys of pipeline.config.ValidationConfig)")
-        q.add_argument("--direct-mode", choices=run.DIRECT_MODES,
+        q.add_argument("--direct-mode", choices=config.DIRECT_MODES,
                        help="Beam DirectRunner mode (default: in_memory for local, "
                             "multi_processing for beam)")
         q.add_argument("--workers", type=int, default=0,
@@ -302,7 +302,7 @@ def _models(args: argparse.Namespace) -> int:
     if not rows:
         sys.stderr.write(f"{PROG}: error: --models-dir: no <name>/{ship.METADATA_JSON} under {args.models_dir}\n")
         return 2
-    print(json.dumps(rows, indent=1) if args.json else ship.catalogue_markdown(rows), end="" if not args.json else "\n")
+    sys.stdout.write(json.dumps(rows, indent=1) + "\n" if args.json else ship.catalogue_markdown(rows))
     return 0
 
 

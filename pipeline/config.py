@@ -12,6 +12,10 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from pipeline import features
 
 PROFILES = ("smoke", "full")
+# The orchestrators `pipeline.run` drives (LocalDagRunner, BeamDagRunner) and the Beam
+# DirectRunner's modes.
+RUNNERS = ("local", "beam")
+DIRECT_MODES = ("in_memory", "multi_processing")
 IMBALANCE_STRATEGIES = ("class_weight", "oversample", "none")
 OPTIMIZERS = ("nadam", "adam", "adamw", "sgd", "rmsprop")
 # How the learning rate moves: halved on a validation plateau (the seed's), or a cosine

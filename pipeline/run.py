@@ -21,12 +21,10 @@ from tfx import v1 as tfx
 
 from components.example_gen import annotations, fer2013
 from pipeline import features, summary
-from pipeline.config import (IngestConfig, TuningConfig, ValidationConfig, profile_configs,
-                             serving_model_name, with_overrides)
+from pipeline.config import (DIRECT_MODES, RUNNERS, IngestConfig, TuningConfig, ValidationConfig,
+                             profile_configs, serving_model_name, with_overrides)
 from pipeline.pipeline import create_pipeline
 
-RUNNERS = ("local", "beam")
-DIRECT_MODES = ("in_memory", "multi_processing")
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema", "schema.pbtxt")
 
 

@@ -320,11 +320,11 @@ def catalogue_markdown(rows: Sequence[Dict]) -> str:
         return f"{100 * metrics['accuracy']:.1f}% ({metrics['macro_f1']:.3f})"
 
     views = [view for view, _ in CATALOGUE_VIEWS]
-    lines = ["| model | classes | architecture | parameters | MB | "
+    lines = ["| model | classes | architecture | parameters | MiB | "
              + " | ".join(f"PublicTest, {v}" for v in views) + " |",
              "|---" * (5 + len(views)) + "|"]
     for r in rows:
-        classes = "all 7" if len(r["classes"]) == len(features.EMOTIONS) else ", ".join(r["classes"])
+        classes = f"all {len(features.EMOTIONS)}" if len(r["classes"]) == len(features.EMOTIONS) else ", ".join(r["classes"])
         parameters = f"{r['parameters'] / 1e6:.2f} M" if r["parameters"] else "-"
         size = f"{r['size_bytes'] / 2 ** 20:.1f}" if r["size_bytes"] else "-"
         lines.append(f"| `{r['name']}` {r['version']} | {classes} | `{r['architecture']}` | {parameters} | "
