@@ -150,6 +150,8 @@ def _parser() -> argparse.ArgumentParser:
                                       "accuracy (macro-F1) through each signature, from their metadata.json")
     m.add_argument("--models-dir", default="models", help="where the shipped models are (default: models)")
     m.add_argument("--json", action="store_true", help="print one JSON document instead of a Markdown table")
+    m.add_argument("--per-class", action="store_true",
+                   help="after the table, each model's precision / recall / F1 per emotion through each signature")
 
     c = sub.add_parser("compile", help="compile for Kubeflow Pipelines (KFP v2 PipelineSpec YAML)")
     c.add_argument("--output", required=True, help="the PipelineSpec file to write (.yaml)")
@@ -302,7 +304,12 @@ def _models(args: argparse.Namespace) -> int:
     if not rows:
         sys.stderr.write(f"{PROG}: error: --models-dir: no <name>/{ship.METADATA_JSON} under {args.models_dir}\n")
         return 2
-    sys.stdout.write(json.dumps(rows, indent=1) + "\n" if args.json else ship.catalogue_markdown(rows))
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=1) + "\n")
+    else:
+        sys.stdout.write(ship.catalogue_markdown(rows))
+        if args.per_class:
+            sys.stdout.write("\n" + ship.per_class_markdown(rows))
     return 0
 
 

@@ -306,7 +306,7 @@ def catalogue(models_dir: str = "models") -> List[Dict]:
             "name": metadata["name"], "version": str(metadata["version"]),
             "classes": metadata["classes"], "architecture": architecture, "parameters": parameters,
             "size_bytes": metadata.get("size_bytes"), "date": metadata.get("date"),
-            "publictest": {view: {k: (metadata.get(key) or {}).get(k) for k in ("accuracy", "macro_f1")}
+            "publictest": {view: {k: (metadata.get(key) or {}).get(k) for k in ("accuracy", "macro_f1", "per_class")}
                            for view, key in CATALOGUE_VIEWS}})
     return sorted(rows, key=lambda r: (len(r["classes"]) != len(features.EMOTIONS),
                                        -(r["publictest"]["one view"]["accuracy"] or 0)))
@@ -330,6 +330,28 @@ def catalogue_markdown(rows: Sequence[Dict]) -> str:
         lines.append(f"| `{r['name']}` {r['version']} | {classes} | `{r['architecture']}` | {parameters} | "
                      f"{size} | " + " | ".join(score(r["publictest"][v]) for v in views) + " |")
     return "\n".join(lines) + "\n"
+
+
+def per_class_markdown(rows: Sequence[Dict]) -> str:
+    """Per emotion, for each `catalogue` row: precision / recall / F1 through each signature
+    and the number of PublicTest faces, as the Markdown RESULTS.md shows (a test keeps the
+    two equal). A view a model was not scored through is left out."""
+    blocks = []
+    for r in rows:
+        views = [v for v, _ in CATALOGUE_VIEWS if r["publictest"][v].get("per_class")]
+        if not views:
+            continue
+        lines = [f"`{r['name']}` {r['version']}, precision / recall / F1 on PublicTest:", "",
+                 "| emotion | faces | " + " | ".join(views) + " |", "|---" * (2 + len(views)) + "|"]
+        first = r["publictest"][views[0]]["per_class"]
+        for emotion in first:
+            cells = []
+            for v in views:
+                c = r["publictest"][v]["per_class"].get(emotion)
+                cells.append(f"{c['precision']:.2f} / {c['recall']:.2f} / {c['f1']:.2f}" if c else "-")
+            lines.append(f"| {emotion} | {first[emotion]['support']} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -74,6 +74,34 @@ def test_the_readme_table_of_shipped_models_is_the_one_their_metadata_gives():
                for r in rows if len(r["classes"]) == len(features.EMOTIONS))
 
 
+def test_the_results_per_class_tables_are_the_ones_their_metadata_gives():
+    rows = ship.catalogue(str(REPO / "models"))
+    tables = ship.per_class_markdown(rows)
+    assert tables.count("| emotion | faces | one view | flip | 8 views |") == len(SHIPPED)
+    assert ship.catalogue_markdown(rows) + "\n" + tables in (REPO / "RESULTS.md").read_text(), (
+        "RESULTS.md's *Shipped models* section is out of date; paste `fer-pipeline models --per-class`:\n"
+        + ship.catalogue_markdown(rows) + "\n" + tables)
+    resnet18 = next(r for r in rows if r["name"] == "fer2013-resnet18")
+    happy = resnet18["publictest"]["one view"]["per_class"]["happy"]
+    assert f"| happy | {happy['support']} | {happy['precision']:.2f} / {happy['recall']:.2f} / {happy['f1']:.2f} |" in tables
+
+
+def test_per_class_tables_leave_out_the_views_and_models_that_were_not_scored(tmp_path):
+    scored = {"name": "scored", "version": 1, "classes": ["happy", "sad"],
+              "metrics_publictest": {"accuracy": 0.75, "macro_f1": 0.7, "per_class": {
+                  "happy": {"precision": 0.8, "recall": 0.9, "f1": 0.847, "support": 10},
+                  "sad": {"precision": 0.5, "recall": 0.333, "f1": 0.4, "support": 3}}}}
+    unscored = {"name": "unscored", "version": 2, "classes": ["happy", "sad"],
+                "metrics_publictest": {"accuracy": 0.5, "macro_f1": 0.5}}
+    for metadata in (scored, unscored):
+        (tmp_path / metadata["name"]).mkdir()
+        (tmp_path / metadata["name"] / ship.METADATA_JSON).write_text(json.dumps(metadata))
+    tables = ship.per_class_markdown(ship.catalogue(str(tmp_path)))
+    assert tables == ("`scored` 1, precision / recall / F1 on PublicTest:\n\n"
+                      "| emotion | faces | one view |\n|---|---|---|\n"
+                      "| happy | 10 | 0.80 / 0.90 / 0.85 |\n| sad | 3 | 0.50 / 0.33 / 0.40 |\n")
+
+
 def test_fer_pipeline_models_prints_the_catalogue_and_names_an_empty_folder(tmp_path, capsys, monkeypatch):
     from pipeline import cli
 
@@ -81,6 +109,9 @@ def test_fer_pipeline_models_prints_the_catalogue_and_names_an_empty_folder(tmp_
     assert cli.main(["models", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(json.dumps(ship.catalogue("models")))
+    assert cli.main(["models", "--per-class"]) == 0
+    rows = ship.catalogue("models")
+    assert capsys.readouterr().out == ship.catalogue_markdown(rows) + "\n" + ship.per_class_markdown(rows)
     assert cli.main(["models", "--models-dir", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert str(tmp_path) in error and "metadata.json" in error
