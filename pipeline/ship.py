@@ -289,7 +289,7 @@ CATALOGUE_VIEWS = (("one view", "metrics_publictest"), ("flip", "publictest_flip
 def catalogue(models_dir: str = "models") -> List[Dict]:
     """One row per shipped model under `models_dir`, read from its metadata.json: name,
     version, classes, architecture (an ensemble's members' joined by '+'), parameters,
-    size and PublicTest accuracy and macro-F1 through each signature
+    size and PublicTest accuracy, macro-F1 and per-class scores through each signature
     (`CATALOGUE_VIEWS`). Sorted by classes, then by one-view accuracy, best first."""
     rows = []
     for path in sorted(glob.glob(os.path.join(models_dir, "*", METADATA_JSON))):
