@@ -7,18 +7,24 @@ import argparse
 import json
 
 
+def view_sets(scores: dict) -> list:
+    """("single", "") first, then each "<set>_tta" the report scored, in its order."""
+    return [("single", "")] + [(key, f" + {key[:-len('_tta')]} TTA") for key in scores
+                               if key.endswith("_tta")]
+
+
 def combined(path: str) -> None:
     report = json.load(open(path))
     print(f"\n{len(report['classes'])} classes, {report['split']}:\n")
     print("| what | accuracy | macro-F1 |")
     print("|---|---|---|")
     for name, scores in report["models"].items():
-        for key, label in (("single", ""), ("flip_tta", " + flip TTA")):
+        for key, label in view_sets(scores):
             print(f"| `{name}`{label} | {scores[key]['accuracy']:.1%} | {scores[key]['macro_f1']:.3f} |")
-    for key, label in (("ensemble", "ensemble (mean probabilities)"),
-                       ("ensemble_flip_tta", "ensemble + flip TTA")):
-        if key in report:
-            print(f"| {label} | {report[key]['accuracy']:.1%} | {report[key]['macro_f1']:.3f} |")
+    for key in [key for key in report if key.startswith("ensemble")]:
+        label = "ensemble (mean probabilities)" if key == "ensemble" else \
+            f"ensemble + {key[len('ensemble_'):-len('_tta')]} TTA"
+        print(f"| {label} | {report[key]['accuracy']:.1%} | {report[key]['macro_f1']:.3f} |")
 
 
 def main() -> None:

@@ -1,9 +1,12 @@
 """Exported models served as one (model 'ensemble'): the network, the members read from
-shipped SavedModels, the export, the audit's decision rule, and the settings' refusals."""
+shipped SavedModels, the export, the audit's decision rule, the settings' refusals; and
+the Markdown table of `pipeline.ensemble` reports."""
 import glob
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -167,3 +170,15 @@ def test_the_run_summary_says_an_ensemble_was_exported_and_of_which_models():
     assert ("Training: none: an ensemble of 2 exported models (fer2013-resnet18, fer2013-dcnn) was "
             "exported as one") in text.splitlines()
     assert "warm-start" not in text
+
+
+def test_the_results_table_prints_every_view_set_an_ensemble_report_scored():
+    report = REPO / "benchmarks" / "ensemble_resnet18_two_self_distilled_publictest.json"
+    scores = json.loads(report.read_text())
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "results_table.py"), str(report)],
+                          capture_output=True, text=True, check=True)
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "%" in line]
+    assert len(rows) == 3 * (len(scores["models"]) + 1)
+    multiview = scores["ensemble_multiview_tta"]
+    assert (f"| ensemble + multiview TTA | {multiview['accuracy']:.1%} | {multiview['macro_f1']:.3f} |"
+            in rows)
