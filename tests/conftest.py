@@ -98,12 +98,14 @@ def fer2013_root() -> pathlib.Path:
 FER_PIPELINE = os.path.join(os.path.dirname(sys.executable), "fer-pipeline")
 
 
-def fer_pipeline(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([FER_PIPELINE, *args], capture_output=True, text=True, timeout=1500)
+def fer_pipeline(*args: str, env: dict = None) -> subprocess.CompletedProcess:
+    return subprocess.run([FER_PIPELINE, *args], capture_output=True, text=True, timeout=1500,
+                          env=None if env is None else {**os.environ, **env})
 
 
-def run_smoke(data, output, *extra):
-    done = fer_pipeline("run", "--data", str(data), "--output", str(output), "--profile", "smoke", *extra)
+def run_smoke(data, output, *extra, env: dict = None):
+    done = fer_pipeline("run", "--data", str(data), "--output", str(output), "--profile", "smoke",
+                        *extra, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     with open(os.path.join(output, "reports", "summary.json")) as f:
         return json.load(f), done.stdout

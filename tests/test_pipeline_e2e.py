@@ -194,11 +194,27 @@ def test_a_prior_corrected_export_divides_the_probabilities_by_the_prior_to_its_
     np.testing.assert_allclose(rule.network(r), p, rtol=1e-3, atol=1e-6)
 
 
-def test_beam_dag_runner_runs_the_same_pipeline(fer2013_root, tmp_path):
-    summary, _ = run_smoke(fer2013_root, tmp_path, "--runner", "beam", "--workers", "2")
+def test_beam_dag_runner_runs_the_same_pipeline_and_leaves_no_temporary_files(fer2013_root,
+                                                                              tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    summary, _ = run_smoke(fer2013_root, tmp_path / "run", "--runner", "beam", "--workers", "2",
+                           env={"TMPDIR": str(scratch)})
     assert {node: c["state"] for node, c in summary["components"].items()} == {
         node: "COMPLETE" for node in NODES}
     assert summary["pushed"] and os.path.isfile(os.path.join(summary["pushed_path"], "saved_model.pb"))
+    # TFX would copy itself (about 50 MB) into a new temporary folder for each Beam-powered
+    # component and Beam stages worker packages into another; the run removes what it made.
+    assert sorted(p.name for p in scratch.iterdir()) == []
+
+
+def test_beam_arguments_name_the_project_so_tfx_does_not_package_itself(tmp_path):
+    from tfx.utils import dependency_utils
+    from pipeline.run import RunSettings, beam_args
+    args = beam_args(RunSettings(data=str(tmp_path), output=str(tmp_path), runner="beam", workers=2))
+    assert args == ["--direct_running_mode=multi_processing", "--direct_num_workers=2",
+                    f"--setup_file={os.path.join(os.path.dirname(os.path.dirname(__file__)), 'setup.py')}"]
+    assert dependency_utils.make_beam_dependency_flags(args) == args  # no ephemeral TFX sdist
 
 
 @pytest.mark.parametrize("args, message", [
