@@ -7,10 +7,14 @@ import argparse
 import json
 
 
+def tta_label(key: str) -> str:
+    """The label of a "<set>_tta" key: ' + flip TTA' for flip_tta and ensemble_flip_tta."""
+    return f" + {key[:-len('_tta')].split('ensemble_', 1)[-1]} TTA"
+
+
 def view_sets(scores: dict) -> list:
     """("single", "") first, then each "<set>_tta" the report scored, in its order."""
-    return [("single", "")] + [(key, f" + {key[:-len('_tta')]} TTA") for key in scores
-                               if key.endswith("_tta")]
+    return [("single", "")] + [(key, tta_label(key)) for key in scores if key.endswith("_tta")]
 
 
 def combined(path: str) -> None:
@@ -22,8 +26,7 @@ def combined(path: str) -> None:
         for key, label in view_sets(scores):
             print(f"| `{name}`{label} | {scores[key]['accuracy']:.1%} | {scores[key]['macro_f1']:.3f} |")
     for key in [key for key in report if key.startswith("ensemble")]:
-        label = "ensemble (mean probabilities)" if key == "ensemble" else \
-            f"ensemble + {key[len('ensemble_'):-len('_tta')]} TTA"
+        label = "ensemble (mean probabilities)" if key == "ensemble" else "ensemble" + tta_label(key)
         print(f"| {label} | {report[key]['accuracy']:.1%} | {report[key]['macro_f1']:.3f} |")
 
 
