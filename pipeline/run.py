@@ -81,10 +81,10 @@ PROJECT_SETUP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
 def beam_args(settings: RunSettings) -> list:
     """DirectRunner arguments. Unless Beam's arguments already say how remote workers get
     their Python packages, every Beam-powered TFX executor copies TFX into a new temporary
-    folder as an sdist for them (about 50 MB, never removed: five per run). Naming this
+    folder as an sdist for them (about 50 MB, never removed: four per run). Naming this
     project's own setup.py, which is what a remote runner's workers would need, stops that.
     DirectRunner's workers run in this environment and install nothing; Beam still builds
-    the project's small sdist (about 0.2 MB) into a temporary folder, which `run` removes.
+    the project's small sdist (about 0.2 MB) into a temporary folder, which `run` removes."""
     mode = settings.direct_mode or ("multi_processing" if settings.runner == "beam" else "in_memory")
     workers = settings.workers or os.cpu_count() or 1
     args = [f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]
