@@ -75,6 +75,18 @@ train() {  # train STAGE MODEL ARGS...: one standalone training run
     --batch-size 64 --imbalance none "$@"
 }
 
+taught_round() {  # taught_round STAGE MODEL START EPOCHS LR TEACHERS [ARGS...]: one averaging round
+  # A constant learning rate from the weights START, taught by an ensemble's three members
+  # (TEACHERS: their resnet18,dcnn,compact_resnet weights, comma-separated) with the flip,
+  # keeping the mean of all its epochs' weights. ARGS come first (--classes).
+  local stage=$1 model=$2 start=$3 epochs=$4 lr=$5 teachers=$6
+  shift 6
+  train "$stage" "$model" "$@" --warm-start "$start" --epochs "$epochs" --learning-rate "$lr" \
+    --lr-schedule plateau --reduce-lr-patience 100 --patience 100 \
+    --teacher-model resnet18,dcnn,compact_resnet --teacher-flip --teacher-weights "$teachers" \
+    --average-from 1
+}
+
 pushed() {  # pushed STAGE: the version directory the stage's export pushed
   if [ -n "${DRY_RUN:-}" ]; then
     echo "$RUNS/$1/serving/PUSHED/VERSION"
@@ -168,23 +180,14 @@ stage() {
         --patience 100 --teacher-model resnet18 --teacher-weights "$(weights resnet18-swa resnet18)" \
         --teacher-views multiview --average-from 1 ;;
     # A second averaging round, taught by the three members of fer2013-ensemble.
-    compact-swa2) train compact-swa2 compact_resnet --warm-start "$(weights compact-swa compact_resnet)" \
-        --epochs 40 --learning-rate 3e-4 --lr-schedule plateau --reduce-lr-patience 100 \
-        --patience 100 --teacher-model resnet18,dcnn,compact_resnet --teacher-flip --teacher-weights \
-        "$(weights resnet18-swa resnet18),$(weights dcnn-swa dcnn),$(weights compact-swa compact_resnet)" \
-        --average-from 1 ;;
+    compact-swa2) taught_round compact-swa2 compact_resnet "$(weights compact-swa compact_resnet)" 40 3e-4 \
+        "$(weights resnet18-swa resnet18),$(weights dcnn-swa dcnn),$(weights compact-swa compact_resnet)" ;;
     # The same for ResNet-18, taught by the three members the ensemble had then.
-    resnet18-swa2) train resnet18-swa2 resnet18 --warm-start "$(weights resnet18-swa resnet18)" \
-        --epochs 30 --learning-rate 2e-4 --lr-schedule plateau --reduce-lr-patience 100 \
-        --patience 100 --teacher-model resnet18,dcnn,compact_resnet --teacher-flip --teacher-weights \
-        "$(weights resnet18-swa resnet18),$(weights dcnn-swa dcnn),$(weights compact-swa2 compact_resnet)" \
-        --average-from 1 ;;
+    resnet18-swa2) taught_round resnet18-swa2 resnet18 "$(weights resnet18-swa resnet18)" 30 2e-4 \
+        "$(weights resnet18-swa resnet18),$(weights dcnn-swa dcnn),$(weights compact-swa2 compact_resnet)" ;;
     # And the compact model's third round, taught by the members of the ensemble after that.
-    compact-swa3) train compact-swa3 compact_resnet --warm-start "$(weights compact-swa2 compact_resnet)" \
-        --epochs 40 --learning-rate 3e-4 --lr-schedule plateau --reduce-lr-patience 100 \
-        --patience 100 --teacher-model resnet18,dcnn,compact_resnet --teacher-flip --teacher-weights \
-        "$(weights resnet18-swa2 resnet18),$(weights dcnn-swa dcnn),$(weights compact-swa2 compact_resnet)" \
-        --average-from 1 ;;
+    compact-swa3) taught_round compact-swa3 compact_resnet "$(weights compact-swa2 compact_resnet)" 40 3e-4 \
+        "$(weights resnet18-swa2 resnet18),$(weights dcnn-swa dcnn),$(weights compact-swa2 compact_resnet)" ;;
     compact-mv2-hsn) train compact-mv2-hsn compact_resnet --classes $HSN --warm-start-classes $ALL7 \
         --warm-start "$(weights compact-mv2 compact_resnet)" --epochs 16 --learning-rate 5e-4 \
         --lr-schedule cosine --patience 40 \
@@ -198,12 +201,10 @@ stage() {
         --teacher-model resnet18 --teacher-weights "$(weights resnet18-hsn-swa resnet18)" \
         --teacher-views multiview --average-from 1 ;;
     # A second averaging round, taught by the three members of fer2013-ensemble-happy-sad-neutral.
-    compact-hsn-swa2) train compact-hsn-swa2 compact_resnet --classes $HSN \
-        --warm-start "$(weights compact-hsn-swa compact_resnet)" --epochs 30 --learning-rate 2.5e-4 \
-        --lr-schedule plateau --reduce-lr-patience 100 --patience 100 \
-        --teacher-model resnet18,dcnn,compact_resnet --teacher-flip --teacher-weights \
+    compact-hsn-swa2) taught_round compact-hsn-swa2 compact_resnet "$(weights compact-hsn-swa compact_resnet)" \
+        30 2.5e-4 \
         "$(weights resnet18-hsn-swa resnet18),$(weights dcnn-hsn-swa dcnn),$(weights compact-hsn-swa compact_resnet)" \
-        --average-from 1 ;;
+        --classes $HSN ;;
     ship)
       ship fer2013-dcnn dcnn dcnn-swa
       ship fer2013-dcnn-happy-sad-neutral dcnn dcnn-hsn-swa --classes $HSN
