@@ -231,3 +231,47 @@ def test_mirrored_strategy_trains_on_two_logical_cpu_devices():
         assert second[0] - first[0] == 1_000_003 and second[1] == first[1] > 0
     first, second = np.array(result["draws"])
     assert first.shape == (4, 5) and not np.allclose(first, second)
+
+
+def _with_batch_norm_statistics(network, seed=0):
+    """`network` with random (not initial) normalisation vectors, so folding has work to do."""
+    rng = np.random.default_rng(seed)
+    for layer in network.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.1, n),
+                               rng.normal(0, 0.1, n), rng.uniform(0.5, 1.5, n)])
+    return network
+
+
+@pytest.mark.parametrize("name, folds, left", [("compact_resnet", 21, 0), ("compact", 6, 8), ("dcnn", 0, 7)])
+def test_folding_batch_norm_keeps_the_probabilities_and_unfolding_gives_the_weights_back(name, folds, left):
+    # compact: the BNs after its separable convolutions stay; dcnn: its BNs follow an ELU.
+    network = _with_batch_norm_statistics(model_lib.build(name, 7))
+    folded = model_lib.fold_batch_norm(network)
+    assert len(model_lib.batch_norm_folds(network)) == folds
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers) == left
+    assert (folded is network) == (folds == 0)
+    faces = np.random.default_rng(1).random((8, 48, 48, 1)).astype("float32")
+    np.testing.assert_allclose(folded(faces, training=False), network(faces, training=False), atol=1e-5)
+    unfolded = model_lib.unfold_batch_norm(folded, model_lib.build(name, 7))
+    for before, after in zip(network.weights, unfolded.weights):
+        np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-7, err_msg=before.path)
+
+
+def test_weights_are_read_back_from_a_saved_model_with_or_without_folded_batch_norm(tmp_path):
+    import tensorflow as tf
+    from components.trainer import saved_weights
+
+    network = _with_batch_norm_statistics(model_lib.build("compact_resnet", 7))
+    faces = np.random.default_rng(2).random((4, 48, 48, 1)).astype("float32")
+    for layout, exported in (("trained", network), ("folded", model_lib.fold_batch_norm(network))):
+        module = tf.Module()
+        module.model = exported
+        tf.saved_model.save(module, str(tmp_path / layout))
+        back = saved_weights.network_from_saved_model(str(tmp_path / layout), "compact_resnet", 7)
+        for before, after in zip(network.weights, back.weights):
+            np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-7, err_msg=f"{layout}: {before.path}")
+        np.testing.assert_allclose(back(faces, training=False), network(faces, training=False), atol=1e-5)
+    with pytest.raises(ValueError, match="do not fit a 'resnet18' network with 7 classes"):
+        saved_weights.network_from_saved_model(str(tmp_path / "folded"), "resnet18", 7)

@@ -338,6 +338,138 @@ class Ensemble(keras.Model):
         return (input_shape[0], self.num_classes)
 
 
+# ---------------------------------------------------------------------------
+# Batch normalisation folded away for serving
+
+FOLDABLE_LAYERS = (layers.Conv2D, layers.Dense)
+
+
+class FoldedBatchNormalization(layers.Layer):
+    """Where a BatchNormalization was, in `fold_batch_norm`'s serving copy: the identity,
+    holding the folded layer's four vectors (not used in the forward pass) so that
+    `unfold_batch_norm` can give the trainable network back exactly."""
+
+    def __init__(self, channels: int, epsilon: float, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.epsilon = int(channels), float(epsilon)
+        # Named apart from BatchNormalization's own, so that a checkpoint of one never
+        # reads silently into the other (checkpoints match variables by attribute name).
+        self.folded_gamma, self.folded_beta, self.folded_mean, self.folded_variance = (
+            self.add_weight(shape=(self.channels,), initializer="zeros", trainable=False, name=name)
+            for name in ("gamma", "beta", "moving_mean", "moving_variance"))
+
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return dict(super().get_config(), channels=self.channels, epsilon=self.epsilon)
+
+
+def batch_norm_folds(network: keras.Model) -> Dict[str, str]:
+    """{BatchNormalization layer: the Conv2D or Dense layer it can be folded into} of
+    `network`: the BatchNormalizations (over the last axis, with scale and offset) whose
+    only input is the output of a Conv2D or Dense layer with no activation that feeds
+    nothing else. (The DCNN's come after an ELU: none of them folds.)"""
+    folds = {}
+    for layer in network.layers:
+        if not isinstance(layer, layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
+            continue
+        parents = layer._inbound_nodes[0].parent_nodes
+        producer = parents[0].operation if len(parents) == 1 else None
+        if (type(producer) in FOLDABLE_LAYERS and producer.get_config().get("activation") == "linear"
+                and len(producer._inbound_nodes) == 1 and len(producer._outbound_nodes) == 1
+                and layer.axis in (-1, len(layer.input.shape) - 1) and layer.center and layer.scale):
+            folds[layer.name] = producer.name
+    return folds
+
+
+def fold_batch_norm(network: keras.Model) -> keras.Model:
+    """A serving copy of `network` (an `Ensemble`: of each member) with every BatchNormalization
+    of `batch_norm_folds` folded into the layer before it: kernel x gamma / sqrt(variance +
+    epsilon), the bias shifted to match. Inference only (training would normalise by the
+    batch); the same probabilities to float rounding, two element-wise ops fewer per folded
+    layer per face. Its weights are a copy; `unfold_batch_norm` gives the network back.
+    `network` itself when nothing folds."""
+    if isinstance(network, Ensemble):
+        return Ensemble([fold_batch_norm(m) for m in network.members], network.log_biases,
+                        network.temperatures, name=network.name)
+    folds = batch_norm_folds(network)
+    if not folds:
+        return network
+    producers = {producer: norm for norm, producer in folds.items()}
+
+    def clone(layer):
+        if isinstance(layer, keras.Model):
+            return layer
+        if layer.name in folds:
+            return FoldedBatchNormalization(layer.gamma.shape[0], layer.epsilon, name=layer.name)
+        config = layer.get_config()
+        if layer.name in producers:
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    folded = keras.models.clone_model(network, clone_function=clone)
+    for layer in network.layers:
+        target = folded.get_layer(layer.name)
+        if layer.name in folds:
+            target.set_weights(layer.get_weights())
+        elif layer.name in producers:
+            target.set_weights(_folded_weights(layer, network.get_layer(producers[layer.name])))
+        elif layer is not target:
+            target.set_weights(layer.get_weights())
+    return folded
+
+
+def _scale(norm) -> np.ndarray:
+    gamma, variance = (np.asarray(keras.ops.convert_to_numpy(v), np.float64)
+                       for v in (norm.gamma, norm.moving_variance))
+    return gamma / np.sqrt(variance + norm.epsilon)
+
+
+def _folded_weights(producer, norm) -> list:
+    weights = producer.get_weights()
+    kernel = np.asarray(weights[0], np.float64)
+    bias = np.asarray(weights[1], np.float64) if len(weights) > 1 else np.zeros(kernel.shape[-1])
+    beta, mean = (np.asarray(keras.ops.convert_to_numpy(v), np.float64) for v in (norm.beta, norm.moving_mean))
+    scale = _scale(norm)
+    dtype = weights[0].dtype
+    return [(kernel * scale).astype(dtype), ((bias - mean) * scale + beta).astype(dtype)]
+
+
+def unfold_batch_norm(folded: keras.Model, network: keras.Model) -> keras.Model:
+    """Sets the weights of `network` (the architecture `folded` was folded from, as
+    `build` makes it) from `folded`'s, undoing `fold_batch_norm`: each BatchNormalization
+    gets its four vectors back, the layer before it its kernel (and bias) divided out
+    again (to float rounding; channels whose gamma was 0 get a zero kernel, as good as any
+    since the normalisation multiplies them by 0). Returns `network`."""
+    folds = batch_norm_folds(network)
+    producers = {producer: norm for norm, producer in folds.items()}
+    for layer in network.layers:
+        source = folded.get_layer(layer.name)
+        if layer.name in folds:
+            layer.set_weights(source.get_weights())
+    for layer in network.layers:
+        source = folded.get_layer(layer.name)
+        if layer.name in producers:
+            norm = network.get_layer(producers[layer.name])
+            kernel, bias = (np.asarray(w, np.float64) for w in source.get_weights())
+            scale = _scale(norm)
+            safe = np.where(scale == 0, 1.0, scale)
+            dtype = source.get_weights()[0].dtype
+            unfolded = [np.where(scale == 0, 0.0, kernel / safe).astype(dtype)]
+            if layer.use_bias:
+                beta, mean = (np.asarray(keras.ops.convert_to_numpy(v), np.float64)
+                              for v in (norm.beta, norm.moving_mean))
+                unfolded.append(np.where(scale == 0, 0.0, (bias - beta) / safe + mean).astype(dtype))
+            layer.set_weights(unfolded)
+        elif layer.name not in folds and layer is not source:
+            layer.set_weights(source.get_weights())
+    return network
+
+
 def with_augmentation(network: keras.Model, seed: int = 42, erasing: float = 0.0,
                       distillation: Optional[OnlineDistillation] = None) -> keras.Model:
     """The training model: the augmentation layer, random erasing with probability `erasing`

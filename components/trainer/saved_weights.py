@@ -6,7 +6,9 @@
 then `--warm-start out/dcnn-shipped.weights.h5` in the standalone trainer (any Keras
 backend) or the pipeline. The export tracks the network as `model` (export.ServingModule),
 so a network built with the same architecture and the model's own classes (read from its
-`predict_image` signature) reads its variables from the SavedModel's checkpoint. Needs
+`predict_image` signature) reads its variables from the SavedModel's checkpoint, either
+as trained (exports before 2026-12-07) or with its batch normalisation folded
+(`model.fold_batch_norm`, then unfolded). Needs
 TensorFlow. The optimizer state is not in a SavedModel: training goes on from the weights
 with a fresh optimizer.
 """
@@ -33,15 +35,23 @@ def network_from_saved_model(saved_model_dir: str, model: str,
     if num_classes is None:
         num_classes = len(served_predictor(saved_model_dir)[1])
     network = model_lib.build(model, num_classes)
-    checkpoint = tf.train.Checkpoint(model=network)
-    try:
-        checkpoint.read(os.path.join(saved_model_dir, "variables", "variables")) \
-            .assert_existing_objects_matched()
-    except (AssertionError, ValueError) as error:
-        raise ValueError(f"{saved_model_dir}: its variables do not fit a {model!r} network with "
-                         f"{num_classes} classes (exported with another --model?): "
-                         f"{str(error).splitlines()[0]}") from None
-    return network
+    variables = os.path.join(saved_model_dir, "variables", "variables")
+    # Exports since 2026-12-07 hold the network with its batch normalisation folded
+    # (`model.fold_batch_norm`), earlier ones the network as trained: read whichever fits.
+    folded = model_lib.fold_batch_norm(model_lib.build(model, num_classes))
+    errors = []
+    for candidate in ((network, folded) if folded is not network else (network,)):
+        try:
+            # (the SavedModel holds more than the network: expect_partial quiets the
+            # warnings about it; the assertion is about the network's own variables)
+            tf.train.Checkpoint(model=candidate).read(variables).expect_partial() \
+                .assert_existing_objects_matched()
+        except (AssertionError, ValueError) as error:
+            errors.append(str(error).splitlines()[0])
+            continue
+        return network if candidate is network else model_lib.unfold_batch_norm(folded, network)
+    raise ValueError(f"{saved_model_dir}: its variables do not fit a {model!r} network with "
+                     f"{num_classes} classes (exported with another --model?): {errors[-1]}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
