@@ -7,7 +7,7 @@ then `--warm-start out/dcnn-shipped.weights.h5` in the standalone trainer (any K
 backend) or the pipeline. The export tracks the network as `model` (export.ServingModule),
 so a network built with the same architecture and the model's own classes (read from its
 `predict_image` signature) reads its variables from the SavedModel's checkpoint, either
-as trained (exports before 2026-12-07) or with its batch normalisation folded
+as trained (the earlier exports) or with its batch normalisation folded
 (`model.fold_batch_norm`, then unfolded). Needs
 TensorFlow. The optimizer state is not in a SavedModel: training goes on from the weights
 with a fresh optimizer.
@@ -36,8 +36,8 @@ def network_from_saved_model(saved_model_dir: str, model: str,
         num_classes = len(served_predictor(saved_model_dir)[1])
     network = model_lib.build(model, num_classes)
     variables = os.path.join(saved_model_dir, "variables", "variables")
-    # Exports since 2026-12-07 hold the network with its batch normalisation folded
-    # (`model.fold_batch_norm`), earlier ones the network as trained: read whichever fits.
+    # Exports hold the network with its batch normalisation folded (`model.fold_batch_norm`),
+    # earlier ones the network as trained: read whichever fits.
     folded = model_lib.fold_batch_norm(model_lib.build(model, num_classes))
     errors = []
     for candidate in ((network, folded) if folded is not network else (network,)):
