@@ -347,7 +347,7 @@ FOLDABLE_LAYERS = (layers.Conv2D, layers.Dense)
 class FoldedBatchNormalization(layers.Layer):
     """Where a BatchNormalization was, in `fold_batch_norm`'s serving copy: the identity,
     holding the folded layer's four vectors (not used in the forward pass) so that
-    `unfold_batch_norm` can give the trainable network back exactly."""
+    `unfold_batch_norm` can give the trainable network back (to float rounding)."""
 
     def __init__(self, channels: int, epsilon: float, **kwargs):
         super().__init__(**kwargs)
