@@ -28,7 +28,7 @@ either the signatures return the network's own probabilities.
 The network is exported as `model.fold_batch_norm` makes it: each BatchNormalization right
 after a convolution or dense layer folded into that layer's weights (the same probabilities
 to float rounding, fewer operations per face; the folded-away vectors stay in the SavedModel,
-so `saved_weights` gives the trainable network back exactly).
+so `saved_weights` gives the trainable network back, to float rounding).
 
 The export also carries TF Serving warm-up requests
 (`assets.extra/tf_serving_warmup_requests`): TF Serving replays them when it

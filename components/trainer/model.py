@@ -423,20 +423,20 @@ def fold_batch_norm(network: keras.Model) -> keras.Model:
     return folded
 
 
-def _scale(norm) -> np.ndarray:
-    gamma, variance = (np.asarray(keras.ops.convert_to_numpy(v), np.float64)
-                       for v in (norm.gamma, norm.moving_variance))
-    return gamma / np.sqrt(variance + norm.epsilon)
+def _affine(norm) -> Tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) of a BatchNormalization or `FoldedBatchNormalization` at inference:
+    it maps x to x * scale + shift."""
+    gamma, beta, mean, variance = (np.asarray(w, np.float64) for w in norm.get_weights())
+    scale = gamma / np.sqrt(variance + norm.epsilon)
+    return scale, beta - mean * scale
 
 
 def _folded_weights(producer, norm) -> list:
     weights = producer.get_weights()
     kernel = np.asarray(weights[0], np.float64)
-    bias = np.asarray(weights[1], np.float64) if len(weights) > 1 else np.zeros(kernel.shape[-1])
-    beta, mean = (np.asarray(keras.ops.convert_to_numpy(v), np.float64) for v in (norm.beta, norm.moving_mean))
-    scale = _scale(norm)
-    dtype = weights[0].dtype
-    return [(kernel * scale).astype(dtype), ((bias - mean) * scale + beta).astype(dtype)]
+    bias = np.asarray(weights[1], np.float64) if len(weights) > 1 else 0.0
+    scale, shift = _affine(norm)
+    return [(kernel * scale).astype(weights[0].dtype), (bias * scale + shift).astype(weights[0].dtype)]
 
 
 def unfold_batch_norm(folded: keras.Model, network: keras.Model) -> keras.Model:
@@ -445,27 +445,18 @@ def unfold_batch_norm(folded: keras.Model, network: keras.Model) -> keras.Model:
     gets its four vectors back, the layer before it its kernel (and bias) divided out
     again (to float rounding; channels whose gamma was 0 get a zero kernel, as good as any
     since the normalisation multiplies them by 0). Returns `network`."""
-    folds = batch_norm_folds(network)
-    producers = {producer: norm for norm, producer in folds.items()}
-    for layer in network.layers:
-        source = folded.get_layer(layer.name)
-        if layer.name in folds:
-            layer.set_weights(source.get_weights())
+    producers = {producer: norm for norm, producer in batch_norm_folds(network).items()}
     for layer in network.layers:
         source = folded.get_layer(layer.name)
         if layer.name in producers:
-            norm = network.get_layer(producers[layer.name])
-            kernel, bias = (np.asarray(w, np.float64) for w in source.get_weights())
-            scale = _scale(norm)
+            kernel, bias = source.get_weights()
+            scale, shift = _affine(folded.get_layer(producers[layer.name]))
             safe = np.where(scale == 0, 1.0, scale)
-            dtype = source.get_weights()[0].dtype
-            unfolded = [np.where(scale == 0, 0.0, kernel / safe).astype(dtype)]
+            unfolded = [np.where(scale == 0, 0.0, kernel / safe)]
             if layer.use_bias:
-                beta, mean = (np.asarray(keras.ops.convert_to_numpy(v), np.float64)
-                              for v in (norm.beta, norm.moving_mean))
-                unfolded.append(np.where(scale == 0, 0.0, (bias - beta) / safe + mean).astype(dtype))
-            layer.set_weights(unfolded)
-        elif layer.name not in folds and layer is not source:
+                unfolded.append(np.where(scale == 0, 0.0, (bias - shift) / safe))
+            layer.set_weights([w.astype(kernel.dtype) for w in unfolded])
+        elif layer is not source:  # a FoldedBatchNormalization holds its BatchNormalization's vectors
             layer.set_weights(source.get_weights())
     return network
 

@@ -36,23 +36,28 @@ def network_from_saved_model(saved_model_dir: str, model: str,
         num_classes = len(served_predictor(saved_model_dir)[1])
     network = model_lib.build(model, num_classes)
     variables = os.path.join(saved_model_dir, "variables", "variables")
-    # Exports hold the network with its batch normalisation folded (`model.fold_batch_norm`),
-    # earlier ones the network as trained: read whichever fits.
-    folded = model_lib.fold_batch_norm(model_lib.build(model, num_classes))
-    errors = []
-    for candidate in ((network, folded) if folded is not network else (network,)):
+
+    def read(candidate) -> str:
+        """'' when the network's own variables all read from the checkpoint, else why not
+        (the SavedModel holds more than the network: expect_partial quiets that)."""
         try:
-            # (the SavedModel holds more than the network: expect_partial quiets the
-            # warnings about it; the assertion is about the network's own variables)
             tf.train.Checkpoint(model=candidate).read(variables).expect_partial() \
                 .assert_existing_objects_matched()
         except (AssertionError, ValueError) as error:
-            errors.append(str(error).splitlines()[0])
-            continue
-        return network if candidate is network else model_lib.unfold_batch_norm(folded, network)
-    raise ValueError(f"{saved_model_dir}: its variables do not fit a {model!r} network with "
-                     f"{num_classes} classes (exported with another --model?): {errors[-1]}")
+            return str(error).splitlines()[0]
+        return ""
 
+    # Exports hold the network with its batch normalisation folded (`model.fold_batch_norm`),
+    # earlier ones the network as trained: read whichever fits.
+    error = read(network)
+    if not error:
+        return network
+    if model_lib.batch_norm_folds(network):
+        folded = model_lib.fold_batch_norm(model_lib.build(model, num_classes))
+        if not read(folded):
+            return model_lib.unfold_batch_norm(folded, network)
+    raise ValueError(f"{saved_model_dir}: its variables do not fit a {model!r} network with "
+                     f"{num_classes} classes (exported with another --model?): {error}")
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m components.trainer.saved_weights",
