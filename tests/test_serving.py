@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 
@@ -444,12 +445,36 @@ def test_benchmark_sets_tensorflows_thread_pools_in_its_own_process(pushed, tmp_
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, "-m", "serving.benchmark", "--model", pushed[0],
                            "--faces", str(faces_dir), "--runs", "12", "--batch", "4",
-                           "--intra-op-threads", "1", "--inter-op-threads", "2", "--json", str(out)],
+                           "--intra-op-threads", "1", "--inter-op-threads", "2", "--in-flight", "2",
+                           "--json", str(out)],
                           capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())
     assert results["threads"] == {"intra_op": 1, "inter_op": 2} and results["machine"]
     assert results["saved_model"]["p50_ms"] > 0
+    assert results["saved_model"]["in_flight"] == 2 and results["saved_model"]["faces_per_s_in_flight"] > 0
+
+
+def test_benchmark_times_batches_in_flight_from_as_many_threads_and_reports_their_errors():
+    from serving import benchmark
+
+    calls, threads = [], set()
+
+    def one_batch():
+        calls.append(1)
+        threads.add(threading.current_thread().name)
+
+    assert benchmark._throughput(one_batch, in_flight=3, batch_size=64, calls=5, repeats=2) > 0
+    assert len(calls) == 3 * (1 + 5 * 2)  # one warm-up call and 5 timed calls per thread per repeat
+    assert len(threads) == 3 * (1 + 2)  # its own 3 threads for the warm-up and each repeat
+
+    def broken():
+        raise ValueError("bad batch")
+
+    with pytest.raises(ValueError, match="bad batch"):
+        benchmark._throughput(broken, in_flight=2, batch_size=64, calls=1)
+    with pytest.raises(SystemExit):
+        benchmark.main(["--model", "m", "--faces", "f", "--in-flight", "0"])
 
 
 def test_benchmark_refuses_thread_settings_once_tensorflow_runs(pushed):
