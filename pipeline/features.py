@@ -65,6 +65,10 @@ PREDICT_IMAGE_SIGNATURE = "predict_image"       # encoded JPEG/PNG bytes -> pred
 TRANSFORM_FEATURES_SIGNATURE = "transform_features"  # serialized tf.Example -> transformed
 # predict_image_<views>: as predict_image, each face asked in the test-time views of that
 # name (components.trainer.model.TEST_TIME_VIEWS), the answer their mean probability.
+# As predict_image_flip for the faces the model is unsure of (top one-view probability
+# under a threshold fitted at export), as predict_image for the others: most of the flip's
+# accuracy for a fraction of its work.
+FLIP_WHEN_UNSURE_SIGNATURE = "predict_image_flip_when_unsure"
 EXAMPLES_INPUT = "examples"
 IMAGES_INPUT = "images"
 PROBABILITIES_OUTPUT = "probabilities"
@@ -74,6 +78,8 @@ CLASSES_OUTPUT = "classes"       # [N, C] class names in the order of `probabili
 PRIOR_CORRECTION_ASSET = "assets.extra/prior_correction.json"
 # Beside a SavedModel exported with a calibration temperature other than 1: the temperature.
 CALIBRATION_ASSET = "assets.extra/calibration.json"
+# Beside every SavedModel since 2026-12-07: the threshold of FLIP_WHEN_UNSURE_SIGNATURE and its fit.
+FLIP_WHEN_UNSURE_ASSET = "assets.extra/flip_when_unsure.json"
 # How the served probabilities follow from the network's (both assets state it): the
 # temperature is 1 and the bias 0 when the model has no such asset.
 OUTPUT_RULE = "probabilities = softmax((log(network probabilities) + log_bias) / temperature)"

@@ -109,14 +109,17 @@ def _encoded(paths: Sequence[str], view) -> List[bytes]:
     return seen_in(images, view, paths)
 
 
-def evaluate_saved_model(path: str, data: str, tta: Sequence[str] = ()) -> Dict:
+def evaluate_saved_model(path: str, data: str, tta: Sequence[str] = (),
+                         flip_when_unsure: bool = False) -> Dict:
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of the
     SavedModel at `path` on data/test (its own classes, named in `classes`), through
     `predict_image`. For each name in `tta` (`model.TEST_TIME_VIEWS`), "<name>_tta": the
     same metrics (without the matrix) of the mean probability over those views of each
     face, through the model's own `predict_image_<name>` signature, or for a model exported
     before those signatures, over views the client builds (`tta_probabilities`); "through"
-    says which. "signatures": the model's signature names."""
+    says which. With `flip_when_unsure`, for a model that has that signature,
+    "flip_when_unsure": the same metrics of its answers, its threshold and the fraction of
+    faces it asked again mirrored. "signatures": the model's signature names."""
     import tensorflow as tf
     from components.trainer.model import TEST_TIME_VIEWS, View
 
@@ -136,6 +139,14 @@ def evaluate_saved_model(path: str, data: str, tta: Sequence[str] = ()) -> Dict:
             viewed = tta_probabilities(predictor, data, TEST_TIME_VIEWS[name], seen=seen)[1]
             through = f"{features.PREDICT_IMAGE_SIGNATURE} on views built by the client"
         measured[f"{name}_tta"] = dict(probability_metrics(truth, viewed, classes), through=through)
+    if flip_when_unsure and features.FLIP_WHEN_UNSURE_SIGNATURE in signatures:
+        from components.trainer.export import read_flip_when_unsure
+
+        threshold = read_flip_when_unsure(path)["threshold"]
+        answered = publictest_probabilities(_predictor(signatures[features.FLIP_WHEN_UNSURE_SIGNATURE]), data)[1]
+        measured["flip_when_unsure"] = dict(
+            probability_metrics(truth, answered, classes), threshold=threshold,
+            flipped_fraction=round(float(np.mean(probabilities.max(axis=1) < threshold)), 4))
     return measured
 
 
@@ -163,8 +174,10 @@ def ship(pushed: str, name: str, data: str, models_dir: str = "models",
                          "limit for a model kept in the repository")
     from components.trainer.model import TEST_TIME_VIEWS
 
-    measured = evaluate_saved_model(pushed, data, tta=tuple(TEST_TIME_VIEWS))
+    measured = evaluate_saved_model(pushed, data, tta=tuple(TEST_TIME_VIEWS), flip_when_unsure=True)
     tta = {f"publictest_{name}_tta": measured.pop(f"{name}_tta") for name in TEST_TIME_VIEWS}
+    if "flip_when_unsure" in measured:
+        tta["publictest_flip_when_unsure"] = measured.pop("flip_when_unsure")
     exported = measured.pop("signatures")
     target = os.path.join(models_dir, name, version)
     if os.path.exists(target):
@@ -178,19 +191,27 @@ def ship(pushed: str, name: str, data: str, models_dir: str = "models",
             features.SERVING_DEFAULT_SIGNATURE: "serialized tf.Example -> probabilities, label, classes"},
             **{features.views_signature(name): f"as {features.PREDICT_IMAGE_SIGNATURE}, the mean over "
                f"{len(views)} test-time views of each face" for name, views in TEST_TIME_VIEWS.items()
-               if features.views_signature(name) in exported}),
+               if features.views_signature(name) in exported},
+            **({features.FLIP_WHEN_UNSURE_SIGNATURE: f"as {features.views_signature('flip')} for the faces "
+                f"whose top {features.PREDICT_IMAGE_SIGNATURE} probability is under the threshold in "
+                "flip_when_unsure, as predict_image for the others"}
+               if features.FLIP_WHEN_UNSURE_SIGNATURE in exported else {})),
         "training_data": "FER2013 Kaggle folder: train/ (28,709 faces) minus a 10% validation carve-out; "
                          "model selection on test/ (PublicTest, 3,589 faces)",
         "metrics_publictest": measured, **tta,
         "size_bytes": directory_bytes(target),
         "date": time.strftime("%Y-%m-%d"), "notes": notes,
     }
-    from components.trainer.export import read_calibration_temperature, read_ensemble, read_prior_correction
+    from components.trainer.export import (read_calibration_temperature, read_ensemble, read_flip_when_unsure,
+                                           read_prior_correction)
 
     correction = read_prior_correction(target)
     if correction:
         metadata["prior_correction"] = correction
     metadata["calibration_temperature"] = read_calibration_temperature(target)
+    unsure = read_flip_when_unsure(target)
+    if unsure:
+        metadata["flip_when_unsure"] = unsure
     members = read_ensemble(target)
     if members:   # exported models served as one: its recipe is its members (model 'ensemble')
         metadata["recipe"] = {"model": "ensemble", "classes": metadata["classes"],

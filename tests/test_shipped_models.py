@@ -48,10 +48,14 @@ def test_a_shipped_model_serves_both_signatures_and_keeps_its_published_accuracy
                                by_example[features.PROBABILITIES_OUTPUT].numpy(), atol=1e-5)
     labels = [l.decode() for l in by_image[features.LABEL_OUTPUT].numpy()]
     assert set(labels) <= set(classes)
-    measured = ship.evaluate_saved_model(path, str(FER2013))
+    measured = ship.evaluate_saved_model(path, str(FER2013), flip_when_unsure=True)
     published = metadata["metrics_publictest"]
     assert measured["examples"] == published["examples"]
     assert abs(measured["accuracy"] - published["accuracy"]) <= 0.005
+    if "publictest_flip_when_unsure" in metadata:   # exported since 2026-12-07
+        published = metadata["publictest_flip_when_unsure"]
+        assert abs(measured["flip_when_unsure"]["accuracy"] - published["accuracy"]) <= 0.005
+        assert measured["flip_when_unsure"]["threshold"] == metadata["flip_when_unsure"]["threshold"]
 
 
 def test_shipped_model_metadata_names_classes_data_recipe_and_date():

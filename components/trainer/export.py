@@ -9,6 +9,10 @@ Signatures (names from pipeline.features):
                        their mean probability (test-time augmentation)
   predict_image_multiview  the same with the 8 views of model.TEST_TIME_VIEWS["multiview"]
                        (mirror x 4 zooms): the most accurate answer, 8 times the work
+  predict_image_flip_when_unsure  as predict_image_flip for each face whose top
+                       predict_image probability is under a threshold fitted on the
+                       validation carve-out (`fitted_unsure_threshold`), as predict_image
+                       for the others: the mirror image is asked only where it may matter
   transform_features   serialized tf.Example [N] -> transformed features (for TFMA)
 
 Both prediction signatures call the same Transform layer and the same model,
@@ -58,8 +62,9 @@ class ServingModule(tf.Module):
 
     def __init__(self, model: keras.Model, tf_transform_output: tft.TFTransformOutput,
                  classes: Sequence[str], class_log_bias: Optional[np.ndarray] = None,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, unsure_below: float = 1.0):
         super().__init__(name="fer_serving")
+        self.unsure_below = tf.constant(unsure_below, tf.float32)
         self.model = model
         self.class_log_bias = None if class_log_bias is None else tf.constant(
             np.asarray(class_log_bias, np.float32).reshape(len(classes)))
@@ -70,15 +75,35 @@ class ServingModule(tf.Module):
         self._raw_spec = raw_spec
         self._image_spec = {features.IMAGE_KEY: raw_spec[features.IMAGE_KEY]}
 
+    def _served(self, pixels):
+        return served_probabilities(self.model(pixels, training=False), self.class_log_bias,
+                                    self.temperature)
+
     def _predict(self, raw_features, views=(View(),)):
         """The outputs for each face; with several test-time `views` (`model.view_of` on the
         48x48 pixels the network sees, all in one batch), their mean served probability."""
         pixels = self.tft_layer(raw_features)[features.PIXELS_KEY]
         seen = tf.concat([view_of(pixels, view, take=tf.gather) for view in views], axis=0)
-        probabilities = self.model(seen, training=False)
-        probabilities = served_probabilities(probabilities, self.class_log_bias, self.temperature)
         probabilities = tf.reduce_mean(
-            tf.reshape(probabilities, [len(views), -1, self.class_names.shape[0]]), axis=0)
+            tf.reshape(self._served(seen), [len(views), -1, self.class_names.shape[0]]), axis=0)
+        return self._outputs(probabilities)
+
+    def _predict_flip_when_unsure(self, raw_features):
+        """As `_predict` with the "flip" views for the faces whose top one-view probability is
+        under `unsure_below`, with one view for the others; the network sees the mirror
+        images of those faces only (none at all when every face is sure)."""
+        pixels = self.tft_layer(raw_features)[features.PIXELS_KEY]
+        one_view = self._served(pixels)
+        unsure = tf.where(tf.reduce_max(one_view, axis=-1) < self.unsure_below)[:, 0]
+
+        def with_mirror_images():
+            mirrored = self._served(view_of(tf.gather(pixels, unsure), View(mirror=True), take=tf.gather))
+            return tf.tensor_scatter_nd_update(one_view, unsure[:, None],
+                                               (tf.gather(one_view, unsure) + mirrored) / 2)
+
+        return self._outputs(tf.cond(tf.size(unsure) > 0, with_mirror_images, lambda: one_view))
+
+    def _outputs(self, probabilities):
         labels = tf.gather(self.class_names, tf.argmax(probabilities, axis=-1))
         classes = tf.broadcast_to(self.class_names, tf.shape(probabilities))
         return {features.PROBABILITIES_OUTPUT: probabilities, features.LABEL_OUTPUT: labels,
@@ -91,6 +116,10 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.IMAGES_INPUT)])
     def predict_image(self, images):
         return self._predict({features.IMAGE_KEY: tf.reshape(images, [-1, 1])})
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.IMAGES_INPUT)])
+    def predict_image_flip_when_unsure(self, images):
+        return self._predict_flip_when_unsure({features.IMAGE_KEY: tf.reshape(images, [-1, 1])})
 
     def _views_function(self, views):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.IMAGES_INPUT)])
@@ -108,6 +137,7 @@ class ServingModule(tf.Module):
             features.PREDICT_IMAGE_SIGNATURE: self.predict_image.get_concrete_function(),
             **{features.views_signature(name): self._views_function(views).get_concrete_function()
                for name, views in TEST_TIME_VIEWS.items()},
+            features.FLIP_WHEN_UNSURE_SIGNATURE: self.predict_image_flip_when_unsure.get_concrete_function(),
             features.TRANSFORM_FEATURES_SIGNATURE: self.transform_features.get_concrete_function(),
         }
 
@@ -125,15 +155,60 @@ def fitted_temperature(model: keras.Model, validation: tf.data.Dataset, log_bias
     return round(fit_temperature(truth, np.concatenate(probabilities), log_bias), 3), len(truth)
 
 
+# The thresholds `unsure_threshold` tries, lowest first: a face is asked again mirrored
+# when its top one-view probability is under the threshold (1.0: nearly every face).
+UNSURE_THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(15))
+# How much validation accuracy the flip-when-unsure rule may give up against flipping
+# every face: 0.1 points.
+UNSURE_TOLERANCE = 0.001
+
+
+def unsure_threshold(truth: np.ndarray, one_view: np.ndarray, mirrored: np.ndarray,
+                     tolerance: float = UNSURE_TOLERANCE) -> dict:
+    """The lowest of UNSURE_THRESHOLDS at which answering a face with the mean of its and its
+    mirror image's served probabilities [N, C] when its top one-view probability is under
+    the threshold (and with the one view otherwise) is at most `tolerance` less accurate
+    than answering every face so. The record written beside the export: {"threshold",
+    "faces", "accuracy": {"one_view", "flip", "flip_when_unsure"}, "flipped_fraction"}."""
+    both = (one_view + mirrored) / 2
+    accuracy = lambda probabilities: float(np.mean(np.argmax(probabilities, axis=-1) == truth))
+    flip = accuracy(both)
+    for threshold in UNSURE_THRESHOLDS:
+        unsure = np.max(one_view, axis=-1) < threshold
+        answered = accuracy(np.where(unsure[:, None], both, one_view))
+        if answered >= flip - tolerance:
+            break
+    return {"threshold": threshold, "faces": int(len(truth)),
+            "accuracy": {"one_view": round(accuracy(one_view), 4), "flip": round(flip, 4),
+                         "flip_when_unsure": round(answered, 4)},
+            "flipped_fraction": round(float(np.mean(unsure)), 4)}
+
+
+def fitted_unsure_threshold(model: keras.Model, validation: tf.data.Dataset, log_bias: np.ndarray,
+                            temperature: float) -> dict:
+    """`unsure_threshold` on `validation`, batches of (pixels, one-hot labels), through the
+    served rule (prior correction and calibration temperature) as the export applies it."""
+    truth, one_view, mirrored = [], [], []
+    for pixels, labels in validation:
+        for seen, out in ((pixels, one_view), (view_of(pixels, View(mirror=True), take=tf.gather), mirrored)):
+            out.append(np.asarray(served_probabilities(model(seen, training=False), log_bias, temperature)))
+        truth.append(np.argmax(np.asarray(labels), axis=-1))
+    if not truth:
+        return {"threshold": 1.0, "faces": 0, "fitted_on": "no validation faces: every face under 1.0 is asked again"}
+    return unsure_threshold(np.concatenate(truth), np.concatenate(one_view), np.concatenate(mirrored))
+
+
 def export_serving_model(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
                          classes: Sequence[str], export_dir: str, prior_correction: float = 0.0,
                          class_counts: Optional[Sequence[int]] = None,
                          calibration_temperature: float = 1.0, fitted_on: str = "",
-                         ensemble: Optional[dict] = None) -> str:
+                         ensemble: Optional[dict] = None, unsure: Optional[dict] = None) -> str:
     """Writes the SavedModel to `export_dir` and returns it. `prior_correction` > 0 needs
     the training data's `class_counts` (in the order of `classes`); `fitted_on` says where
     the calibration temperature was fitted (recorded beside it); `ensemble`, the record of
-    an ensemble network's members (`ensemble.description`), is written beside it too."""
+    an ensemble network's members (`ensemble.description`), is written beside it too;
+    `unsure`, `unsure_threshold`'s record, sets `predict_image_flip_when_unsure`'s threshold
+    (without it 1.0: nearly every face is asked again mirrored)."""
     from components.trainer.recipe import prior_log_bias
 
     bias = None
@@ -144,9 +219,12 @@ def export_serving_model(model: keras.Model, tf_transform_output: tft.TFTransfor
         bias = prior_log_bias(class_counts, prior_correction)
     if calibration_temperature <= 0:
         raise ValueError(f"calibration_temperature must be > 0, got {calibration_temperature}")
-    module = ServingModule(fold_batch_norm(model), tf_transform_output, classes, bias, calibration_temperature)
+    unsure = unsure or {"threshold": 1.0, "fitted_on": "not fitted: every face under 1.0 is asked again"}
+    module = ServingModule(fold_batch_norm(model), tf_transform_output, classes, bias, calibration_temperature,
+                           unsure["threshold"])
     tf.saved_model.save(module, export_dir, signatures=module.signatures())
     write_warmup_requests(export_dir)
+    _write_asset(export_dir, features.FLIP_WHEN_UNSURE_ASSET, unsure)
     if bias is not None:
         _write_asset(export_dir, features.PRIOR_CORRECTION_ASSET, {
             "strength": prior_correction,
@@ -187,6 +265,12 @@ def read_calibration_temperature(model_dir: str) -> float:
     return float((_read_asset(model_dir, features.CALIBRATION_ASSET) or {}).get("temperature", 1.0))
 
 
+def read_flip_when_unsure(model_dir: str) -> Optional[dict]:
+    """The threshold record of `predict_image_flip_when_unsure` in `model_dir` (None for a
+    model exported before that signature)."""
+    return _read_asset(model_dir, features.FLIP_WHEN_UNSURE_ASSET)
+
+
 def read_ensemble(model_dir: str) -> Optional[dict]:
     """The members an ensemble SavedModel in `model_dir` was exported with (None for one network)."""
     return _read_asset(model_dir, features.ENSEMBLE_ASSET)
@@ -207,11 +291,12 @@ def _warmup_images(n: int) -> list:
 
 def warmup_requests() -> list:
     """PredictionLogs: predict_image at each of WARMUP_BATCH_SIZES, serving_default at 1 and
-    each test-time-view signature at 1."""
+    each test-time-view signature (flip_when_unsure too) at 1."""
     logs = []
     for signature, batch in ([(features.PREDICT_IMAGE_SIGNATURE, n) for n in WARMUP_BATCH_SIZES]
                              + [(features.SERVING_DEFAULT_SIGNATURE, 1)]
-                             + [(features.views_signature(name), 1) for name in TEST_TIME_VIEWS]):
+                             + [(features.views_signature(name), 1) for name in TEST_TIME_VIEWS]
+                             + [(features.FLIP_WHEN_UNSURE_SIGNATURE, 1)]):
         images = _warmup_images(batch)
         if signature == features.SERVING_DEFAULT_SIGNATURE:
             values = [tf.train.Example(features=tf.train.Features(feature={

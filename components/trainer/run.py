@@ -68,10 +68,15 @@ def run_fn(fn_args: FnArgs) -> None:
             network, validation_ds, recipe.prior_log_bias(counts, config.prior_correction))
         fitted_on = f"the Trainer's validation carve-out of train ({faces} faces), least NLL"
         logging.info("Calibration temperature %s fitted on %d validation faces", temperature, faces)
+    unsure = export.fitted_unsure_threshold(
+        network, validation_ds, recipe.prior_log_bias(counts, config.prior_correction), temperature)
+    unsure.setdefault("fitted_on", "the Trainer's validation carve-out of train, the lowest threshold within "
+                      f"{export.UNSURE_TOLERANCE * 100:.1f} points of flipping every face's accuracy")
+    logging.info("flip_when_unsure: threshold %s on %d validation faces", unsure["threshold"], unsure["faces"])
     export.export_serving_model(network, tf_transform_output, config.classes,
                                 fn_args.serving_model_dir, config.prior_correction, counts.tolist(),
                                 temperature, fitted_on,
-                                ensemble.description(members) if members else None)
+                                ensemble.description(members) if members else None, unsure)
     with open(os.path.join(fn_args.model_run_dir, features.HISTORY_JSON), "w") as f:
         json.dump(history, f, indent=1)
     if average:
