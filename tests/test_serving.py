@@ -80,7 +80,7 @@ def test_export_carries_warmup_requests_that_the_model_answers(pushed):
         out = model.signatures[request.model_spec.signature_name](**inputs)
         sizes.append(out[features.PROBABILITIES_OUTPUT].shape[0])
         assert out[features.CLASSES_OUTPUT].shape == out[features.PROBABILITIES_OUTPUT].shape
-    assert sizes == [*export.WARMUP_BATCH_SIZES, 1, 1, 1]
+    assert sizes == [*export.WARMUP_BATCH_SIZES, 1, 1, 1, 1]
 
 
 # ----------------------------------------------------------------------------
