@@ -88,22 +88,20 @@ def _throughput(fn: Callable, in_flight: int, batch_size: int, calls: int, repea
     return round(in_flight * calls * batch_size / statistics.median(timed(calls) for _ in range(repeats)), 1)
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-
-
 def face_files(folder: str, n: int) -> List[str]:
-    """Up to `n` image files: the first of those directly in `folder`, or, for a folder of
-    class folders, the first `n` of all their images interleaved in proportion (each face
-    ordered by its place in its own class folder, as a fraction of that folder's size), so
-    that any first few come from every class in proportion to its size."""
-    direct = sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                    if f.lower().endswith(IMAGE_SUFFIXES))
-    if direct:
-        return direct[:n]
+    """Up to `n` image files (`standalone.image_files`): the first of those in `folder`, or,
+    for a folder of class folders, the first `n` of all their images interleaved in
+    proportion (each face ordered by its place in its own class folder, as a fraction of
+    that folder's size), so that any first few come from every class in proportion to its size."""
+    from components.trainer.standalone import image_files
+
+    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    if not classes:
+        return image_files(folder)[:n]
     spread = []
-    for d, _, files in sorted(os.walk(folder)):
-        images = sorted(f for f in files if f.lower().endswith(IMAGE_SUFFIXES))
-        spread += [((i + 0.5) / len(images), os.path.join(d, f)) for i, f in enumerate(images)]
+    for name in classes:
+        images = image_files(os.path.join(folder, name))
+        spread += [((i + 0.5) / len(images), path) for i, path in enumerate(images)]
     return [path for _, path in sorted(spread)[:n]]
 
 

@@ -256,7 +256,9 @@ def test_the_unsure_threshold_is_the_lowest_within_the_tolerance_of_the_full_fli
     assert export.unsure_threshold(truth, one_view, one_view)["threshold"] == 0.3   # the mirror adds nothing
     nothing = tf.data.Dataset.from_tensor_slices((np.zeros((0, 48, 48, 1), np.float32),
                                                   np.zeros((0, 7), np.float32))).batch(4)
-    assert export.fitted_unsure_threshold(None, nothing, np.zeros(7, np.float32), 1.0)["threshold"] == 1.0
+    nothing = export.validation_probabilities(keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Flatten(),
+                                                                keras.layers.Dense(7, activation="softmax")]), nothing)
+    assert export.fitted_unsure_threshold(*nothing, np.zeros(7, np.float32), 1.0)["threshold"] == 1.0
 
 
 def test_beam_dag_runner_runs_the_same_pipeline_and_leaves_no_temporary_files(fer2013_root,

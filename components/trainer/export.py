@@ -142,17 +142,18 @@ class ServingModule(tf.Module):
         }
 
 
-def fitted_temperature(model: keras.Model, validation: tf.data.Dataset, log_bias: np.ndarray) -> Tuple[float, int]:
-    """(the calibration temperature that minimises the negative log-likelihood of the served
-    rule on `validation`, batches of (pixels, one-hot labels); how many faces it saw)."""
-    from pipeline.calibration import fit_temperature
-
-    truth, probabilities = [], []
+def validation_probabilities(model: keras.Model, validation: tf.data.Dataset) -> Tuple[np.ndarray, ...]:
+    """(true class ids [N], the network's probabilities [N, C] for each face and [N, C] for its
+    mirror image) on `validation`, batches of (pixels, one-hot labels): what the export's fits
+    (the calibration temperature, `fitted_unsure_threshold`) are made on, in one pass."""
+    truth, one_view, mirrored = [], [], []
     for pixels, labels in validation:
-        probabilities.append(np.asarray(model(pixels, training=False)))
+        one_view.append(np.asarray(model(pixels, training=False)))
+        mirrored.append(np.asarray(model(view_of(pixels, View(mirror=True), take=tf.gather), training=False)))
         truth.append(np.argmax(np.asarray(labels), axis=-1))
-    truth = np.concatenate(truth)
-    return round(fit_temperature(truth, np.concatenate(probabilities), log_bias), 3), len(truth)
+    if not truth:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(truth), np.concatenate(one_view), np.concatenate(mirrored)
 
 
 # The thresholds `unsure_threshold` tries, lowest first: a face is asked again mirrored
@@ -184,18 +185,15 @@ def unsure_threshold(truth: np.ndarray, one_view: np.ndarray, mirrored: np.ndarr
             "flipped_fraction": round(float(np.mean(unsure)), 4)}
 
 
-def fitted_unsure_threshold(model: keras.Model, validation: tf.data.Dataset, log_bias: np.ndarray,
-                            temperature: float) -> dict:
-    """`unsure_threshold` on `validation`, batches of (pixels, one-hot labels), through the
-    served rule (prior correction and calibration temperature) as the export applies it."""
-    truth, one_view, mirrored = [], [], []
-    for pixels, labels in validation:
-        for seen, out in ((pixels, one_view), (view_of(pixels, View(mirror=True), take=tf.gather), mirrored)):
-            out.append(np.asarray(served_probabilities(model(seen, training=False), log_bias, temperature)))
-        truth.append(np.argmax(np.asarray(labels), axis=-1))
-    if not truth:
+def fitted_unsure_threshold(truth: np.ndarray, one_view: np.ndarray, mirrored: np.ndarray,
+                            log_bias: np.ndarray, temperature: float) -> dict:
+    """`unsure_threshold` on the network's probabilities of faces and of their mirror images
+    (`validation_probabilities`) through the served rule (prior correction and calibration
+    temperature) as the export applies it."""
+    if not len(truth):
         return {"threshold": 1.0, "faces": 0, "fitted_on": "no validation faces: every face under 1.0 is asked again"}
-    return unsure_threshold(np.concatenate(truth), np.concatenate(one_view), np.concatenate(mirrored))
+    served = (np.asarray(served_probabilities(p, log_bias, temperature)) for p in (one_view, mirrored))
+    return unsure_threshold(truth, *served)
 
 
 def export_serving_model(model: keras.Model, tf_transform_output: tft.TFTransformOutput,

@@ -10,6 +10,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from components.trainer import data, ensemble, export, model as model_lib, recipe, training
 from components.trainer.tuner import tuned_config
 from pipeline import features
+from pipeline.calibration import fit_temperature
 from pipeline.config import TrainingConfig
 
 
@@ -62,14 +63,15 @@ def run_fn(fn_args: FnArgs) -> None:
         logging.warning("prior_correction %s on top of imbalance=%s corrects for the class prior "
                         "twice; it is meant for imbalance='none'", config.prior_correction,
                         config.imbalance)
+    # The export's fits, on the validation carve-out with the prior correction in place.
+    truth, one_view, mirrored = export.validation_probabilities(network, validation_ds)
+    log_bias = recipe.prior_log_bias(counts, config.prior_correction)
     temperature, fitted_on = config.calibration_temperature, ""
-    if temperature == 0:   # fit it on the validation carve-out, with the prior correction in place
-        temperature, faces = export.fitted_temperature(
-            network, validation_ds, recipe.prior_log_bias(counts, config.prior_correction))
-        fitted_on = f"the Trainer's validation carve-out of train ({faces} faces), least NLL"
-        logging.info("Calibration temperature %s fitted on %d validation faces", temperature, faces)
-    unsure = export.fitted_unsure_threshold(
-        network, validation_ds, recipe.prior_log_bias(counts, config.prior_correction), temperature)
+    if temperature == 0:
+        temperature = round(fit_temperature(truth, one_view, log_bias), 3)
+        fitted_on = f"the Trainer's validation carve-out of train ({len(truth)} faces), least NLL"
+        logging.info("Calibration temperature %s fitted on %d validation faces", temperature, len(truth))
+    unsure = export.fitted_unsure_threshold(truth, one_view, mirrored, log_bias, temperature)
     unsure.setdefault("fitted_on", "the Trainer's validation carve-out of train, the lowest threshold within "
                       f"{export.UNSURE_TOLERANCE * 100:.1f} points of flipping every face's accuracy")
     logging.info("flip_when_unsure: threshold %s on %d validation faces", unsure["threshold"], unsure["faces"])
