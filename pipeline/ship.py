@@ -303,8 +303,8 @@ def write_confusion_png(measured: Dict, classes: Sequence[str], path: str, title
     plt.close(figure)
 
 
-CATALOGUE_VIEWS = (("one view", "metrics_publictest"), ("flip", "publictest_flip_tta"),
-                   ("8 views", "publictest_multiview_tta"))
+CATALOGUE_VIEWS = (("one view", "metrics_publictest"), ("flip when unsure", "publictest_flip_when_unsure"),
+                   ("flip", "publictest_flip_tta"), ("8 views", "publictest_multiview_tta"))
 
 
 def catalogue(models_dir: str = "models") -> List[Dict]:

@@ -12,6 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from components.audit import audit
+from components.trainer.model import TEST_TIME_VIEWS
 from components.example_gen.fer2013 import make_example
 from pipeline import features, ship
 from pipeline.scoring import probability_metrics
@@ -52,10 +53,21 @@ def test_a_shipped_model_serves_both_signatures_and_keeps_its_published_accuracy
     published = metadata["metrics_publictest"]
     assert measured["examples"] == published["examples"]
     assert abs(measured["accuracy"] - published["accuracy"]) <= 0.005
-    if "publictest_flip_when_unsure" in metadata:   # exported since 2026-12-07
-        published = metadata["publictest_flip_when_unsure"]
-        assert abs(measured["flip_when_unsure"]["accuracy"] - published["accuracy"]) <= 0.005
-        assert measured["flip_when_unsure"]["threshold"] == metadata["flip_when_unsure"]["threshold"]
+    published = metadata["publictest_flip_when_unsure"]
+    assert abs(measured["flip_when_unsure"]["accuracy"] - published["accuracy"]) <= 0.005
+    assert measured["flip_when_unsure"]["threshold"] == metadata["flip_when_unsure"]["threshold"]
+
+
+def test_every_shipped_model_serves_the_same_signatures():
+    """A client may call any signature by name on any shipped model."""
+    expected = {features.SERVING_DEFAULT_SIGNATURE, features.PREDICT_IMAGE_SIGNATURE,
+                features.TRANSFORM_FEATURES_SIGNATURE, features.FLIP_WHEN_UNSURE_SIGNATURE,
+                *(features.views_signature(views) for views in TEST_TIME_VIEWS)}
+    for metadata_path in SHIPPED:
+        metadata = json.load(open(metadata_path))
+        path = _version_dir(metadata_path, metadata)
+        assert set(tf.saved_model.load(path).signatures) == expected, path
+        assert set(metadata["signatures"]) == expected - {features.TRANSFORM_FEATURES_SIGNATURE}, path
 
 
 def test_shipped_model_metadata_names_classes_data_recipe_and_date():
@@ -81,7 +93,7 @@ def test_the_readme_table_of_shipped_models_is_the_one_their_metadata_gives():
 def test_the_results_per_class_tables_are_the_ones_their_metadata_gives():
     rows = ship.catalogue(str(REPO / "models"))
     tables = ship.per_class_markdown(rows)
-    assert tables.count("| emotion | faces | one view | flip | 8 views |") == len(SHIPPED)
+    assert tables.count("| emotion | faces | one view | flip when unsure | flip | 8 views |") == len(SHIPPED)
     assert ship.catalogue_markdown(rows) + "\n" + tables in (REPO / "RESULTS.md").read_text(), (
         "RESULTS.md's *Shipped models* section is out of date; paste `fer-pipeline models --per-class`:\n"
         + ship.catalogue_markdown(rows) + "\n" + tables)
