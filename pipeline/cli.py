@@ -8,7 +8,7 @@
                      [--validation-config FILE]
     fer-pipeline validate --data PATH --output DIR [--profile ...] [--classes ...]
                      [--validation-config FILE]      (ingest and validate only)
-    fer-pipeline predict PHOTO... (--model DIR | --server URL) [--tta flip|multiview]
+    fer-pipeline predict PHOTO... (--model DIR | --server URL) [--tta flip|multiview|flip_when_unsure]
                      [--json] [--annotate OUTDIR]
     fer-pipeline models [--models-dir DIR] [--json]   (the shipped models and their PublicTest scores)
     fer-pipeline compile --output FILE.yaml [--config kubeflow/config.yaml] [--image IMAGE]
@@ -141,7 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--tta", metavar="VIEWS",
                    help="test-time augmentation: the mean over each face and its mirror image "
                         "(flip, 2 views) or both at four zooms (multiview, 8 views), by the "
-                        "model's predict_image_<VIEWS> signature (older models: views sent by this client)")
+                        "model's predict_image_<VIEWS> signature (older models: views sent by this client); "
+                        "flip_when_unsure: the flip only for the faces the model is unsure of")
     f.add_argument("--json", action="store_true", help="print one JSON document")
     f.add_argument("--annotate", metavar="OUTDIR", help="write annotated copies of the photos here")
     f.add_argument("--verbose", action="store_true", help="show TensorFlow logs")

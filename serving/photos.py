@@ -1,6 +1,6 @@
 """Photo to emotions: find the faces in each photo and classify them, in process or on a server.
 
-    fer-pipeline predict PHOTO... (--model DIR | --server URL) [--tta flip|multiview]
+    fer-pipeline predict PHOTO... (--model DIR | --server URL) [--tta flip|multiview|flip_when_unsure]
         [--json] [--annotate OUTDIR]
 
 `--model` is a pushed SavedModel: a version directory, or the model's base
@@ -9,7 +9,8 @@ http(s)://host:8501 for REST, grpc://host:8500 (or host:8500) for gRPC.
 `--tta` asks the model about each face in several views: more accurate, and as many
 times the work. Models exported by this pipeline build the views themselves (signature
 `predict_image_<views>`); for older ones the client builds and sends them
-(`with_test_time_views`).
+(`with_test_time_views`). `--tta flip_when_unsure` adds the mirror image only for the
+faces the model is unsure of (its `predict_image_flip_when_unsure` signature).
 Per photo: the file and its faces, each with `box` [x, y, w, h], `label` and
 `probabilities`. A bad photo gets a one-line message; the exit status is
 non-zero only when no photo could be processed. Image bytes and face crops
@@ -79,16 +80,29 @@ class TestTimeViews:
         return predictions
 
 
+# `--tta flip_when_unsure`: the model's predict_image_flip_when_unsure signature (the flip
+# only for the faces it is unsure of, by the threshold fitted at its export).
+FLIP_WHEN_UNSURE = "flip_when_unsure"
+
+
 def with_test_time_views(classifier, name: str):
     """`classifier` answering with the test-time views `name` (`model.TEST_TIME_VIEWS`): the
     model's own `predict_image_<name>` signature where it has one (one image a face is sent;
     the model builds the views from the 48x48 face it sees), else `TestTimeViews` (the client
     builds the views and sends them all; for models exported before those signatures).
-    The two agree to within the client's rounding of each view to whole grey levels."""
+    The two agree to within the client's rounding of each view to whole grey levels.
+    `FLIP_WHEN_UNSURE` needs the model's own signature (its threshold lives in the model)."""
     from components.trainer.model import TEST_TIME_VIEWS
 
+    if name == FLIP_WHEN_UNSURE:
+        if features.FLIP_WHEN_UNSURE_SIGNATURE not in classifier.signature_names():
+            raise ValueError(f"--tta {name}: the model has no {features.FLIP_WHEN_UNSURE_SIGNATURE} "
+                             "signature (exported before 2026-12-07): export it again, or use --tta flip")
+        served = copy.copy(classifier)
+        served.signature = features.FLIP_WHEN_UNSURE_SIGNATURE
+        return served
     if name not in TEST_TIME_VIEWS:
-        raise ValueError(f"--tta {name}: choose from {', '.join(TEST_TIME_VIEWS)}")
+        raise ValueError(f"--tta {name}: choose from {', '.join([*TEST_TIME_VIEWS, FLIP_WHEN_UNSURE])}")
     signature = features.views_signature(name)
     if signature in classifier.signature_names():
         served = copy.copy(classifier)

@@ -306,6 +306,13 @@ def test_view_signatures_answer_as_the_clients_views_do_from_one_image_a_face(pr
         # the views change the answer (the smoke model is barely trained: by little)
         assert max(np.abs(np.subtract(_probabilities(a), _probabilities(p))).max()
                    for a, p in zip(remote, plain)) > 1e-5
+    # flip_when_unsure: each face answered as by the flip or as by one view
+    unsure = photos.with_test_time_views(client, photos.FLIP_WHEN_UNSURE)
+    assert unsure.signature == features.FLIP_WHEN_UNSURE_SIGNATURE and unsure is not client
+    flipped = photos.TestTimeViews(local, TEST_TIME_VIEWS["flip"]).predict_images(FACES)
+    for a, p, f in zip(unsure.predict_images(FACES), plain, flipped):
+        assert (np.allclose(_probabilities(a), _probabilities(p), atol=1e-5)
+                or np.allclose(_probabilities(a), _probabilities(f), atol=1e-5))
     assert client.signature == features.PREDICT_IMAGE_SIGNATURE
     assert [p.label for p in client.predict_images(FACES)] == [p.label for p in plain]
 
@@ -325,8 +332,10 @@ def test_a_model_without_view_signatures_gets_its_views_from_the_client(pushed, 
     new = photos.with_test_time_views(local, "flip").predict_images(FACES)
     for a, b in zip(older.predict_images(FACES), new):
         np.testing.assert_allclose(_probabilities(a), _probabilities(b), atol=1e-5)
-    with pytest.raises(ValueError, match="--tta tencrop: choose from flip, multiview"):
+    with pytest.raises(ValueError, match="--tta tencrop: choose from flip, multiview, flip_when_unsure"):
         photos.with_test_time_views(local, "tencrop")
+    with pytest.raises(ValueError, match="no predict_image_flip_when_unsure signature .*use --tta flip"):
+        photos.with_test_time_views(OlderModel(), "flip_when_unsure")
     with pytest.raises(clients.BadRequest, match="has no signature 'predict_image_tencrop'"):
         photos.LocalModel(pushed[1], signature="predict_image_tencrop").predict_images(FACES)
 
@@ -340,8 +349,11 @@ def test_predict_command_with_test_time_augmentation(tmp_path, pushed):
     for face in found:
         assert face["label"] == max(face["probabilities"], key=face["probabilities"].get)
         assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    unsure = fer_pipeline("predict", str(photo), "--model", pushed[0], "--json", "--tta", "flip_when_unsure")
+    assert unsure.returncode == 0, unsure.stderr[-2000:]
+    assert len(json.loads(unsure.stdout)["photos"][0]["faces"]) == 2
     refused = fer_pipeline("predict", str(photo), "--model", pushed[0], "--tta", "tencrop")
-    assert refused.returncode == 2 and "--tta tencrop: choose from flip, multiview" in refused.stderr
+    assert refused.returncode == 2 and "--tta tencrop: choose from flip, multiview, flip_when_unsure" in refused.stderr
 
 
 def test_nothing_done_exits_1_and_a_huge_image_is_refused(tmp_path, local, capsys, monkeypatch):
