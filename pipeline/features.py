@@ -68,7 +68,9 @@ TRANSFORM_FEATURES_SIGNATURE = "transform_features"  # serialized tf.Example -> 
 # As predict_image_flip for the faces the model is unsure of (top one-view probability
 # under a threshold fitted at export), as predict_image for the others: most of the flip's
 # accuracy for a fraction of its work.
-FLIP_WHEN_UNSURE_SIGNATURE = "predict_image_flip_when_unsure"
+# `fer-pipeline predict --tta flip_when_unsure` names it by the part after predict_image_.
+FLIP_WHEN_UNSURE = "flip_when_unsure"
+FLIP_WHEN_UNSURE_SIGNATURE = f"{PREDICT_IMAGE_SIGNATURE}_{FLIP_WHEN_UNSURE}"
 EXAMPLES_INPUT = "examples"
 IMAGES_INPUT = "images"
 PROBABILITIES_OUTPUT = "probabilities"

@@ -80,34 +80,27 @@ class TestTimeViews:
         return predictions
 
 
-# `--tta flip_when_unsure`: the model's predict_image_flip_when_unsure signature (the flip
-# only for the faces it is unsure of, by the threshold fitted at its export).
-FLIP_WHEN_UNSURE = "flip_when_unsure"
-
-
 def with_test_time_views(classifier, name: str):
     """`classifier` answering with the test-time views `name` (`model.TEST_TIME_VIEWS`): the
     model's own `predict_image_<name>` signature where it has one (one image a face is sent;
     the model builds the views from the 48x48 face it sees), else `TestTimeViews` (the client
     builds the views and sends them all; for models exported before those signatures).
     The two agree to within the client's rounding of each view to whole grey levels.
-    `FLIP_WHEN_UNSURE` needs the model's own signature (its threshold lives in the model)."""
+    `features.FLIP_WHEN_UNSURE` needs the model's own signature (its threshold lives in the
+    model)."""
     from components.trainer.model import TEST_TIME_VIEWS
 
-    if name == FLIP_WHEN_UNSURE:
-        if features.FLIP_WHEN_UNSURE_SIGNATURE not in classifier.signature_names():
-            raise ValueError(f"--tta {name}: the model has no {features.FLIP_WHEN_UNSURE_SIGNATURE} "
-                             "signature (exported before 2026-12-07): export it again, or use --tta flip")
-        served = copy.copy(classifier)
-        served.signature = features.FLIP_WHEN_UNSURE_SIGNATURE
-        return served
-    if name not in TEST_TIME_VIEWS:
-        raise ValueError(f"--tta {name}: choose from {', '.join([*TEST_TIME_VIEWS, FLIP_WHEN_UNSURE])}")
+    choices = (*TEST_TIME_VIEWS, features.FLIP_WHEN_UNSURE)
+    if name not in choices:
+        raise ValueError(f"--tta {name}: choose from {', '.join(choices)}")
     signature = features.views_signature(name)
     if signature in classifier.signature_names():
         served = copy.copy(classifier)
         served.signature = signature
         return served
+    if name == features.FLIP_WHEN_UNSURE:
+        raise ValueError(f"--tta {name}: the model has no {signature} signature (exported before "
+                         "2026-12-07): export it again, or use --tta flip")
     return TestTimeViews(classifier, TEST_TIME_VIEWS[name])
 
 

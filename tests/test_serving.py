@@ -307,7 +307,7 @@ def test_view_signatures_answer_as_the_clients_views_do_from_one_image_a_face(pr
         assert max(np.abs(np.subtract(_probabilities(a), _probabilities(p))).max()
                    for a, p in zip(remote, plain)) > 1e-5
     # flip_when_unsure: each face answered as by the flip or as by one view
-    unsure = photos.with_test_time_views(client, photos.FLIP_WHEN_UNSURE)
+    unsure = photos.with_test_time_views(client, features.FLIP_WHEN_UNSURE)
     assert unsure.signature == features.FLIP_WHEN_UNSURE_SIGNATURE and unsure is not client
     flipped = photos.TestTimeViews(local, TEST_TIME_VIEWS["flip"]).predict_images(FACES)
     for a, p, f in zip(unsure.predict_images(FACES), plain, flipped):
