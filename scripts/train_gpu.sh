@@ -5,15 +5,29 @@
 #   DATA=/path/to/fer2013 OUT=out bash scripts/train_gpu.sh [MODEL...]
 #
 # MODEL: any of vggnet resnet18 dcnn vgg16 resnet50 vggnet-hsn dcnn-hsn compact compact-resnet
-# compact-hsn (default: all but the last three: compact and compact-resnet are distilled
-# from OUT/vggnet (compact-resnet from OUT/vggnet and OUT/resnet18) afterwards, and compact-hsn
-# starts from OUT/compact and is distilled from OUT/vggnet-hsn: run `... scripts/train_gpu.sh
-# compact compact-resnet`, then `... compact-hsn`. compact-resnet is the architecture of the
+# compact-hsn resnet18-taught dcnn-taught compact-taught (default: the first seven; compact and
+# compact-resnet are distilled from OUT/vggnet (compact-resnet from OUT/vggnet and
+# OUT/resnet18) afterwards, and compact-hsn starts from OUT/compact and is distilled from
+# OUT/vggnet-hsn: run `... scripts/train_gpu.sh compact compact-resnet`, then `... compact-hsn`. compact-resnet is the architecture of the
 # shipped compact model since 2026-12-05 (63.4% from 45 CPU epochs distilled from the
 # ResNet-18 + DCNN ensemble; it serves at about the mini-Xception model's speed on a CPU).
 # On CPU, distilling the converged compact model from
 # the DCNN gained 0.8 points on PublicTest over training it on without a teacher, and lost
 # 0.6 on validation: a stronger teacher is what this is for; see RESULTS.md).
+# resnet18-taught dcnn-taught compact-taught: each trained from random initialisation on a
+# cosine, taught by the shipped fer2013-ensemble's three members with the flip (the recipe of
+# the shipped networks' last rounds, given the epochs a CPU could not: RESULTS.md), keeping
+# the mean of its last third's weights. Their teachers' weights come out of the shipped
+# SavedModels, on a machine with TensorFlow, before the lease (TEACHERS, default OUT/teachers):
+#   for m in resnet18:resnet18 dcnn:dcnn compact:compact_resnet; do
+#     python -m components.trainer.saved_weights --saved-model models/fer2013-${m%%:*}/<version> \
+#       --model ${m##*:} --output out/teachers/${m%%:*}.weights.h5; done
+# A short lease fits one round of the three at once on one GPU, with
+# the epochs cut to what the minutes allow and the mean taken over the last ten, e.g.
+#   TEACHERS=out/teachers MAX_MINUTES=7 EXTRA_ARGS="--epochs 40 --average-from 31" \
+#     bash scripts/train_gpu.sh resnet18-taught dcnn-taught compact-taught
+# (each epoch's seconds are in OUT/<name>.log: size the next lease's --epochs from them).
+# DRY_RUN=1 prints each run's command instead of starting it.
 # MAX_MINUTES=N stops each run cleanly after N minutes of training (best weights kept).
 # EXTRA_ARGS="..." is appended to every run's arguments and overrides them (for a short
 # lease, EXTRA_ARGS="--patience 10" halves the learning rate after 5 flat epochs, not 10).
@@ -46,7 +60,12 @@ OUT=${OUT:-out}
 export KERAS_BACKEND=${KERAS_BACKEND:-jax} XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 HSN=happy,sad,neutral
-mkdir -p "$OUT"
+TEACHERS=${TEACHERS:-$OUT/teachers}
+# fer2013-ensemble's members, each face and its mirror image (as reproduce.sh's taught rounds)
+TAUGHT="--teacher-model resnet18,dcnn,compact_resnet --teacher-flip --teacher-weights \
+$TEACHERS/resnet18.weights.h5,$TEACHERS/dcnn.weights.h5,$TEACHERS/compact.weights.h5"
+COSINE="--epochs 150 --batch-size 64 --lr-schedule cosine --patience 150 --imbalance none --average-from 101"
+[ -n "${DRY_RUN:-}" ] || mkdir -p "$OUT"
 
 args_of() {
   case $1 in
@@ -66,6 +85,9 @@ args_of() {
                      --patience 10 --imbalance none --warm-start "$OUT/compact/compact.weights.h5" \
                      --warm-start-classes angry,disgust,fear,happy,sad,surprise,neutral \
                      --teacher-model vggnet --teacher-weights "$OUT/vggnet-hsn/vggnet.weights.h5" --teacher-flip ;;
+    resnet18-taught) echo --model resnet18 $COSINE $TAUGHT ;;
+    dcnn-taught)     echo --model dcnn $COSINE $TAUGHT ;;
+    compact-taught)  echo --model compact_resnet $COSINE $TAUGHT ;;
     *) echo "unknown run $1" >&2; exit 2 ;;
   esac
 }
@@ -73,10 +95,17 @@ args_of() {
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(vggnet resnet18 dcnn vgg16 resnet50 vggnet-hsn dcnn-hsn)
 for run in "${runs[@]}"; do
-  # shellcheck disable=SC2046
-  python -m components.trainer.standalone --data "$DATA" --output "$OUT/$run" $(args_of "$run") \
+  args=$(args_of "$run")
+  if [ -n "${DRY_RUN:-}" ]; then
+    echo "+ python -m components.trainer.standalone --data $DATA --output $OUT/$run $args" \
+      "--max-minutes ${MAX_MINUTES:-0} ${EXTRA_ARGS:-}"
+    continue
+  fi
+  # shellcheck disable=SC2086
+  python -m components.trainer.standalone --data "$DATA" --output "$OUT/$run" $args \
     --max-minutes "${MAX_MINUTES:-0}" ${EXTRA_ARGS:-} \
     > "$OUT/$run.log" 2>&1 &
 done
+[ -z "${DRY_RUN:-}" ] || exit 0
 wait
 for run in "${runs[@]}"; do tail -n 1 "$OUT/$run.log"; done

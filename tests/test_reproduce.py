@@ -97,3 +97,30 @@ def test_an_unknown_stage_is_refused_and_data_is_required():
     env = {k: v for k, v in os.environ.items() if k != "DATA"}
     done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, check=False)
     assert done.returncode != 0 and "set DATA to the FER2013 folder" in done.stderr
+
+
+GPU_SCRIPT = REPO / "scripts" / "train_gpu.sh"
+GPU_RUNS = ("vggnet", "resnet18", "dcnn", "vgg16", "resnet50", "vggnet-hsn", "dcnn-hsn", "compact",
+            "compact-resnet", "compact-hsn", "resnet18-taught", "dcnn-taught", "compact-taught")
+
+
+def test_every_gpu_run_parses_and_the_taught_ones_learn_from_the_shipped_ensembles_members():
+    env = dict(os.environ, DRY_RUN="1", DATA="/fer2013", OUT="o", TEACHERS="t",
+               EXTRA_ARGS="--epochs 40 --average-from 31")
+    done = subprocess.run(["bash", str(GPU_SCRIPT), *GPU_RUNS], env=env, capture_output=True,
+                          text=True, cwd=REPO, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = [shlex.split(line[2:]) for line in done.stdout.splitlines() if line.startswith("+ ")]
+    assert all(line[:3] == ["python", "-m", "components.trainer.standalone"] for line in lines)
+    parsed = {os.path.basename(p.output): p for p in
+              (standalone.build_parser().parse_args(line[3:]) for line in lines)}
+    assert list(parsed) == list(GPU_RUNS) and not (REPO / "o").exists()
+    members = json.loads((REPO / "models" / "fer2013-ensemble" / "metadata.json").read_text())["ensemble"]["members"]
+    for name in ("resnet18-taught", "dcnn-taught", "compact-taught"):
+        run = parsed[name]
+        assert run.teacher_model.split(",") == [m["architecture"] for m in members]
+        assert run.teacher_weights.split(",") == [
+            f"t/{m['model'].removeprefix('fer2013-')}.weights.h5" for m in members]
+        assert run.teacher_views == "flip" and run.lr_schedule == "cosine" and run.imbalance == "none"
+        assert not run.warm_start and (run.epochs, run.average_from) == (40, 31)  # EXTRA_ARGS win
+    assert parsed["dcnn-taught"].model == "dcnn" and parsed["compact-taught"].model == "compact_resnet"
