@@ -8,12 +8,13 @@
 # compact-hsn resnet18-taught dcnn-taught compact-taught (default: the first seven; compact and
 # compact-resnet are distilled from OUT/vggnet (compact-resnet from OUT/vggnet and
 # OUT/resnet18) afterwards, and compact-hsn starts from OUT/compact and is distilled from
-# OUT/vggnet-hsn: run `... scripts/train_gpu.sh compact compact-resnet`, then `... compact-hsn`. compact-resnet is the architecture of the
-# shipped compact model since 2026-12-05 (63.4% from 45 CPU epochs distilled from the
-# ResNet-18 + DCNN ensemble; it serves at about the mini-Xception model's speed on a CPU).
-# On CPU, distilling the converged compact model from
-# the DCNN gained 0.8 points on PublicTest over training it on without a teacher, and lost
-# 0.6 on validation: a stronger teacher is what this is for; see RESULTS.md).
+# OUT/vggnet-hsn: run `... scripts/train_gpu.sh compact compact-resnet`, then `...
+# compact-hsn`. compact-resnet is the architecture of the shipped compact model since
+# 2026-12-05 (63.4% from 45 CPU epochs distilled from the ResNet-18 + DCNN ensemble; it
+# serves at about the mini-Xception model's speed on a CPU). On CPU, distilling the
+# converged compact model from the DCNN gained 0.8 points on PublicTest over training it
+# on without a teacher, and lost 0.6 on validation: a stronger teacher is what this is for;
+# see RESULTS.md).
 # resnet18-taught dcnn-taught compact-taught: each trained from random initialisation on a
 # cosine, taught by the shipped fer2013-ensemble's three members with the flip (the recipe of
 # the shipped networks' last rounds, given the epochs a CPU could not: RESULTS.md), keeping
@@ -96,15 +97,14 @@ runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(vggnet resnet18 dcnn vgg16 resnet50 vggnet-hsn dcnn-hsn)
 for run in "${runs[@]}"; do
   args=$(args_of "$run")
-  if [ -n "${DRY_RUN:-}" ]; then
-    echo "+ python -m components.trainer.standalone --data $DATA --output $OUT/$run $args" \
-      "--max-minutes ${MAX_MINUTES:-0} ${EXTRA_ARGS:-}"
-    continue
-  fi
   # shellcheck disable=SC2086
-  python -m components.trainer.standalone --data "$DATA" --output "$OUT/$run" $args \
-    --max-minutes "${MAX_MINUTES:-0}" ${EXTRA_ARGS:-} \
-    > "$OUT/$run.log" 2>&1 &
+  command=(python -m components.trainer.standalone --data "$DATA" --output "$OUT/$run" $args
+           --max-minutes "${MAX_MINUTES:-0}" ${EXTRA_ARGS:-})
+  if [ -n "${DRY_RUN:-}" ]; then
+    echo "+ ${command[*]}"
+  else
+    "${command[@]}" > "$OUT/$run.log" 2>&1 &
+  fi
 done
 [ -z "${DRY_RUN:-}" ] || exit 0
 wait
