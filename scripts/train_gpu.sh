@@ -28,6 +28,12 @@
 #   TEACHERS=out/teachers MAX_MINUTES=7 EXTRA_ARGS="--epochs 40 --average-from 31" \
 #     bash scripts/train_gpu.sh resnet18-taught dcnn-taught compact-taught
 # (each epoch's seconds are in OUT/<name>.log: size the next lease's --epochs from them).
+# A cosine run's epoch count sets its curve, so it is part of the run's checkpoint key: to
+# cut a run short (or lengthen it) once its epoch times are known, stop it (SIGTERM stops it
+# cleanly) and start it again with the new length and --carry-over, e.g.
+#   EXTRA_ARGS="--epochs 90 --average-from 61 --carry-over" bash scripts/train_gpu.sh compact-taught
+# (its finished epochs are kept, the rest follow the 90-epoch curve; the weight average
+# must start after them, or where the stopped run's began).
 # DRY_RUN=1 prints each run's command instead of starting it.
 # MAX_MINUTES=N stops each run cleanly after N minutes of training (best weights kept).
 # EXTRA_ARGS="..." is appended to every run's arguments and overrides them (for a short

@@ -3,6 +3,7 @@ parses, every stage starts from weights an earlier stage wrote, and the stage ea
 model is exported from trained with the settings its metadata.json records."""
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -100,13 +101,13 @@ def test_an_unknown_stage_is_refused_and_data_is_required():
 
 
 GPU_SCRIPT = REPO / "scripts" / "train_gpu.sh"
-GPU_RUNS = ("vggnet", "resnet18", "dcnn", "vgg16", "resnet50", "vggnet-hsn", "dcnn-hsn", "compact",
-            "compact-resnet", "compact-hsn", "resnet18-taught", "dcnn-taught", "compact-taught")
+# Every run the script knows: the labels of its args_of case (all but the catch-all).
+GPU_RUNS = tuple(re.findall(r"^    ([\w-]+)\)", GPU_SCRIPT.read_text(), re.M))
 
 
 def test_every_gpu_run_parses_and_the_taught_ones_learn_from_the_shipped_ensembles_members():
     env = dict(os.environ, DRY_RUN="1", DATA="/fer2013", OUT="o", TEACHERS="t",
-               EXTRA_ARGS="--epochs 40 --average-from 31")
+               EXTRA_ARGS="--epochs 40 --average-from 31 --carry-over")
     done = subprocess.run(["bash", str(GPU_SCRIPT), *GPU_RUNS], env=env, capture_output=True,
                           text=True, cwd=REPO, check=False)
     assert done.returncode == 0, done.stderr
@@ -114,7 +115,9 @@ def test_every_gpu_run_parses_and_the_taught_ones_learn_from_the_shipped_ensembl
     assert all(line[:3] == ["python", "-m", "components.trainer.standalone"] for line in lines)
     parsed = {os.path.basename(p.output): p for p in
               (standalone.build_parser().parse_args(line[3:]) for line in lines)}
-    assert list(parsed) == list(GPU_RUNS) and not (REPO / "o").exists()
+    assert list(parsed) == list(GPU_RUNS) and len(GPU_RUNS) >= 13 and not (REPO / "o").exists()
+    usage = re.search(r"# MODEL: any of (.*?) \(default", GPU_SCRIPT.read_text(), re.S).group(1)
+    assert usage.replace("\n#", "").split() == list(GPU_RUNS)   # the script's usage names them all
     members = json.loads((REPO / "models" / "fer2013-ensemble" / "metadata.json").read_text())["ensemble"]["members"]
     for name in ("resnet18-taught", "dcnn-taught", "compact-taught"):
         run = parsed[name]
@@ -123,4 +126,5 @@ def test_every_gpu_run_parses_and_the_taught_ones_learn_from_the_shipped_ensembl
             f"t/{m['model'].removeprefix('fer2013-')}.weights.h5" for m in members]
         assert run.teacher_views == "flip" and run.lr_schedule == "cosine" and run.imbalance == "none"
         assert not run.warm_start and (run.epochs, run.average_from) == (40, 31)  # EXTRA_ARGS win
+        assert run.carry_over
     assert parsed["dcnn-taught"].model == "dcnn" and parsed["compact-taught"].model == "compact_resnet"

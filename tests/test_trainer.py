@@ -5,6 +5,7 @@ runs through the pipeline (with the Tuner)."""
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -229,6 +230,56 @@ def test_the_cosine_schedule_runs_its_curve_once_over_the_epochs_and_a_resumed_f
     assert recipe.cosine_learning_rate(0.01, 4, 4) == 0.0
     with pytest.raises(ValueError, match="lr_schedule must be one of plateau, cosine"):
         TrainingConfig(lr_schedule="step")
+
+
+def test_a_stopped_cosine_run_carried_over_to_another_epoch_count_goes_on_along_the_new_curve(tmp_path):
+    x, y = np.zeros((8, 4), "float32"), np.eye(2, dtype="float32")[[1] * 8]
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+
+    def attempt(kept, config, *extra, carry=True):
+        network = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+        if config.average_from:   # after the interruptions: fit runs it before the checkpoints
+            extra += (recipe.WeightAverage(network, config.average_from),)
+        return recipe.fit(network, network, data, (x, y), config, str(tmp_path / "run"),
+                          checkpoint_dir=str(tmp_path / kept), extra_callbacks=extra, data_id="faces",
+                          carry=carry)
+
+    config = TrainingConfig(model="compact", classes=["happy", "sad"], epochs=8, learning_rate=0.01,
+                            lr_schedule="cosine", early_stopping_patience=10, imbalance="none",
+                            average_from=7)
+    with pytest.raises(ValueError, match="no earlier trainings in .* differ from this one only in "
+                                         "epochs or average_from"):
+        attempt("a", config)   # nothing to carry over yet
+    with pytest.raises(KeyboardInterrupt):
+        attempt("a", config, _Interrupt(after_epoch=1), carry=False)
+    # Cut to 4 epochs, the weights averaged from the 3rd: epochs 3 and 4 follow the 4-epoch curve.
+    shorter, epochs = dataclasses.replace(config, epochs=4, average_from=3), _EpochLog()
+    history = attempt("a", shorter, epochs)
+    assert epochs.began == [2, 3]
+    np.testing.assert_allclose(history["learning_rate"],   # the 8-epoch curve, then the 4-epoch one
+                               [0.01, 0.0096194, 0.005, 0.0014645], rtol=1e-4)
+    with np.load(os.path.join(tmp_path, "a", recipe.checkpoint_key(shorter, "faces"),
+                              "train.average.npz")) as average:
+        assert (int(average["count"]), int(average["last"])) == (2, 4)
+    assert len(os.listdir(tmp_path / "a")) == 2   # the 8-epoch run is left as it was
+    epochs = _EpochLog()
+    attempt("a", shorter, epochs)   # the same command again: its own training, finished
+    assert epochs.began == []
+    with pytest.raises(ValueError, match="2 earlier trainings .* remove all but the one to go on from"):
+        attempt("a", dataclasses.replace(shorter, epochs=6))
+    shutil.rmtree(tmp_path / "a" / recipe.checkpoint_key(config, "faces"))
+    with pytest.raises(ValueError, match="that training has finished .4 epochs.; train on from its "
+                                         "weights with a warm start"):
+        attempt("a", dataclasses.replace(shorter, epochs=6))
+    # A weight average goes on only from the epoch it began at, and none is begun in retrospect.
+    with pytest.raises(KeyboardInterrupt):
+        attempt("b", dataclasses.replace(config, average_from=1), _Interrupt(after_epoch=1), carry=False)
+    with pytest.raises(ValueError, match=r"holds epochs 1 to 2; average_from 2 cannot go on from it \(use 1\)"):
+        attempt("b", dataclasses.replace(config, epochs=6, average_from=2))
+    with pytest.raises(KeyboardInterrupt):
+        attempt("c", config, _Interrupt(after_epoch=1), carry=False)
+    with pytest.raises(ValueError, match="its 2 finished epochs hold no weight average"):
+        attempt("c", dataclasses.replace(config, epochs=6, average_from=2))
 
 
 class _FirstBatchOfEachEpoch(keras.callbacks.Callback):
@@ -580,7 +631,7 @@ def test_the_best_epoch_counts_the_epochs_of_resumed_fits_too(tmp_path):
     assert recipe.best_epoch(str(tmp_path), "finetune") is None   # another phase's history
 
 
-def test_the_weight_average_is_the_mean_of_its_epochs_and_a_resumed_fit_continues_it(tmp_path):
+def test_the_weight_average_is_the_mean_of_its_epochs_and_a_resumed_fit_continues_it(tmp_path, caplog):
     network = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     path = str(tmp_path / "train.average.npz")
 
@@ -605,6 +656,9 @@ def test_the_weight_average_is_the_mean_of_its_epochs_and_a_resumed_fit_continue
     assert resumed.apply() == 3
     np.testing.assert_allclose(network.get_weights()[0], np.full((2, 1), 4.0))   # (2 + 4 + 6) / 3
     np.testing.assert_allclose(network.get_weights()[1], [-4.0])
+    with caplog.at_level("WARNING"):    # an epoch it never got is said, not lost silently
+        epoch_ends_with(resumed, 6, 0.0)
+    assert "weight average: epochs 5 to 5 are missing from it" in caplog.text
     with pytest.raises(ValueError, match="starts at an epoch >= 1"):
         recipe.WeightAverage(network, 0)
 

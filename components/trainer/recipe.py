@@ -12,7 +12,9 @@ TFX Trainer (TensorFlow backend) and in the standalone trainer (JAX backend).
   a re-run of the same training resumes, anything else (new data, other
   hyperparameters) starts afresh beside it. How long to train (epochs, early-stopping
   patience) is not part of the key: a stopped training re-run with more epochs goes on
-  where it stopped.
+  where it stopped. Under the cosine the epoch count sets the curve and is part of the key;
+  `fit(carry_over=True)` moves a stopped cosine run onto another epoch count (and weight
+  averaging start), its finished epochs kept.
 - Random streams (augmentation, dropout) set from the seed and the epoch at each epoch's
   start (`RandomnessByEpoch`), so a resumed training does not replay its first epochs.
   Epochs are counted over all phases (`ByEpoch`), so fine-tuning does not replay the
@@ -28,7 +30,9 @@ TFX Trainer (TensorFlow backend) and in the standalone trainer (JAX backend).
 """
 import contextlib
 import csv
+import dataclasses
 import functools
+import glob
 import hashlib
 import json
 import logging
@@ -55,6 +59,9 @@ _CONFIG_JSON = "config.json"
 _STOPPING_FIELDS = ("epochs", "early_stopping_patience")
 # Applied when the model is exported, not while it trains.
 _EXPORT_FIELDS = ("prior_correction", "calibration_temperature")
+# What a training carried over from an earlier one (`carry_over`) may change: the length of
+# its schedule (under the cosine, its curve) and the epoch its weight average starts at.
+_CARRIED_FIELDS = ("epochs", "average_from")
 
 
 def class_weights(counts: Sequence[int]) -> Dict[int, float]:
@@ -222,6 +229,10 @@ class WeightAverage(keras.callbacks.Callback):
         count, last, mean = self.state()
         if number < self.start or number <= last:
             return
+        if number > max(last + 1, self.start):
+            logger.warning("weight average: epochs %d to %d are missing from it (their weights were "
+                           "not saved into it before the training stopped)",
+                           max(last + 1, self.start), number - 1)
         weights = [keras.ops.convert_to_numpy(v) for v in self.network.trainable_variables]
         mean = [m + (w - m) / (count + 1) for m, w in zip(mean, weights)] if mean else weights
         partial = self.path + ".partial.npz"
@@ -370,13 +381,10 @@ def callbacks(config: TrainingConfig, log_dir: str, checkpoint_dir: str, phase: 
     ]
 
 
-def training_dir(checkpoint_dir: str, config: TrainingConfig, data_id: str) -> str:
-    """`<checkpoint_dir>/<key>/`, key = hash of the configuration, the augmentation (its
-    layer's settings: checkpoints of the training model hold its random state) and the
-    data; the configuration is written beside the checkpoints for people."""
-    if "://" in checkpoint_dir:
-        raise ValueError(f"checkpoint_dir {checkpoint_dir!r}: object storage is not supported for "
-                         "checkpoints; use a local or mounted path (a volume, gcsfuse)")
+def checkpoint_key(config: TrainingConfig, data_id: str) -> str:
+    """The name of a training's checkpoint directory: a hash of the configuration, the
+    augmentation (its layer's settings: checkpoints of the training model hold its random
+    state) and the data."""
     recipe = json.loads(json.dumps(dict(config.to_dict(), checkpoint_dir="")))
     # The epoch count only says when to stop, except under the cosine, whose curve it sets.
     ignored = tuple(f for f in _STOPPING_FIELDS if not (f == "epochs" and config.lr_schedule == "cosine"))
@@ -391,11 +399,93 @@ def training_dir(checkpoint_dir: str, config: TrainingConfig, data_id: str) -> s
             identity["augmentation"]["erasing"] = dict(model_lib.ERASING,
                                                        version=model_lib.RandomErasing.VERSION)
     key = hashlib.sha256(json.dumps({"recipe": identity, "data": data_id}, sort_keys=True).encode())
-    path = os.path.join(checkpoint_dir, key.hexdigest()[:16])
+    return key.hexdigest()[:16]
+
+
+def training_dir(checkpoint_dir: str, config: TrainingConfig, data_id: str) -> str:
+    """`<checkpoint_dir>/<key>/` (`checkpoint_key`), created; the configuration is written
+    beside the checkpoints for people (and for `carry_over`)."""
+    if "://" in checkpoint_dir:
+        raise ValueError(f"checkpoint_dir {checkpoint_dir!r}: object storage is not supported for "
+                         "checkpoints; use a local or mounted path (a volume, gcsfuse)")
+    path = os.path.join(checkpoint_dir, checkpoint_key(config, data_id))
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, _CONFIG_JSON), "w") as f:
-        json.dump({"recipe": recipe, "data": data_id}, f, indent=1, sort_keys=True)
+        json.dump({"recipe": json.loads(json.dumps(dict(config.to_dict(), checkpoint_dir=""))),
+                   "data": data_id}, f, indent=1, sort_keys=True)
     return path
+
+
+def _epochs_done(path: str) -> int:
+    """How many epochs the training in `path` has finished, over all its phases."""
+    names = [os.path.basename(f)[:-len(HISTORY_CSV) - 1]
+             for f in sorted(glob.glob(os.path.join(path, f"*.{HISTORY_CSV}")))]
+    return len(read_history(path, names)["phase"])
+
+
+def carry_over(path: str, config: TrainingConfig, data_id: str) -> Optional[str]:
+    """Starts the training in `path` (its `training_dir`) from the checkpoints of the one
+    earlier training beside it that differs from it only in `_CARRIED_FIELDS`: a cosine run
+    stopped and started again with another epoch count goes on at its next epoch, on the
+    new curve, its finished epochs, best weights and history kept. Returns the directory
+    carried from, or None when `path` has finished epochs of its own (it resumes those:
+    the same command started again goes on as any other). Raises ValueError, naming the
+    directories, when no earlier training or several match, when it has finished (train
+    on from its weights with a warm start instead), or when its weight average cannot go
+    on under this `average_from` (it would miss or hold the wrong epochs)."""
+    if _epochs_done(path):
+        return None
+    root, matches = os.path.dirname(path), []
+    for other in sorted(glob.glob(os.path.join(root, "*", _CONFIG_JSON))):
+        other = os.path.dirname(other)
+        if other == path or not _epochs_done(other):
+            continue
+        with open(os.path.join(other, _CONFIG_JSON)) as f:
+            saved = json.load(f)
+        try:
+            before = TrainingConfig.from_dict(saved["recipe"])
+        except (KeyError, TypeError, ValueError):  # written by another version: not this training
+            continue
+        moved = dataclasses.replace(before, **{f: getattr(config, f) for f in _CARRIED_FIELDS})
+        if (saved.get("data") == data_id and checkpoint_key(before, data_id) == os.path.basename(other)
+                and checkpoint_key(moved, data_id) == os.path.basename(path)):
+            matches.append((other, before))
+    fields = " or ".join(_CARRIED_FIELDS)
+    if len(matches) != 1:
+        raise ValueError(
+            f"carry over into {path}: {len(matches) or 'no'} earlier trainings in {root} differ from "
+            f"this one only in {fields}" + (f" ({', '.join(m for m, _ in matches)}); remove all but "
+                                            "the one to go on from" if matches else ""))
+    other, before = matches[0]
+    done = _epochs_done(other)
+    if any(os.path.exists(os.path.join(other, f"{last}.done.weights.h5")) for last in ("train", "fine_tune")):
+        raise ValueError(f"carry over from {other}: that training has finished ({done} epochs); "
+                         "train on from its weights with a warm start instead")
+    for average in sorted(glob.glob(os.path.join(other, "*.average.npz"))):
+        with np.load(average) as saved:
+            count, last = int(saved["count"]), int(saved["last"])
+        if config.average_from != last - count + 1:
+            raise ValueError(f"carry over from {other}: its weight average holds epochs "
+                             f"{last - count + 1} to {last}; average_from {config.average_from} "
+                             f"cannot go on from it (use {last - count + 1})")
+    if not glob.glob(os.path.join(other, "*.average.npz")) and 0 < config.average_from <= done:
+        raise ValueError(f"carry over from {other}: its {done} finished epochs hold no weight "
+                         f"average, so one from epoch {config.average_from} would miss epochs; "
+                         f"average from an epoch after {done}")
+    # The histories last: they say how many epochs a directory has finished (`_epochs_done`),
+    # so a copy cut short is not taken for a training to resume.
+    for name in sorted(os.listdir(other), key=lambda n: (n.endswith(HISTORY_CSV), n)):
+        if name == _CONFIG_JSON:
+            continue
+        source, target = os.path.join(other, name), os.path.join(path, name)
+        if os.path.isdir(source):
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, target)
+    logger.info("carried over %d finished epoch(s) from %s (%s) into %s (%s)", done, other,
+                ", ".join(f"{f} {getattr(before, f)}" for f in _CARRIED_FIELDS), path,
+                ", ".join(f"{f} {getattr(config, f)}" for f in _CARRIED_FIELDS))
+    return other
 
 
 def class_weight_for(config: TrainingConfig, counts: Sequence[int]) -> Optional[Dict[int, float]]:
@@ -438,13 +528,16 @@ def fit(model: keras.Model, network: keras.Model, train, validation, config: Tra
         log_dir: str, checkpoint_dir: str = "", class_weight: Optional[Dict[int, float]] = None,
         scope: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
         extra_callbacks: Sequence[keras.callbacks.Callback] = (),
-        data_id: str = "") -> Dict[str, List[float]]:
+        data_id: str = "", carry: bool = False) -> Dict[str, List[float]]:
     """Compiles and trains `model` (the training model around `network`) in place, phase by
     phase; resumes a training of the same configuration and `data_id` (what identifies
-    the training data) from `checkpoint_dir` (default `<log_dir>/checkpoints`). Returns
-    the per-epoch history of all phases (with a 'phase' column). `scope` wraps
-    compilation (a distribution strategy's scope)."""
+    the training data) from `checkpoint_dir` (default `<log_dir>/checkpoints`), or with
+    `carry`, one that differs from it only in its epoch count or weight averaging start
+    (`carry_over`). Returns the per-epoch history of all phases (with a 'phase' column).
+    `scope` wraps compilation (a distribution strategy's scope)."""
     checkpoint_dir = training_dir(checkpoint_dir or os.path.join(log_dir, "checkpoints"), config, data_id)
+    if carry:
+        carry_over(checkpoint_dir, config, data_id)
     plan = phases(config, network)
     offset = 0   # the epochs of the phases before this one
     for phase in plan:
@@ -470,8 +563,13 @@ def fit(model: keras.Model, network: keras.Model, train, validation, config: Tra
         # start the next phase's fit there too: each phase starts at its own epoch 0
         # unless its own backup says otherwise.
         model._initial_epoch = None
-        phase_callbacks = callbacks(config, log_dir, checkpoint_dir, phase["name"], phase["learning_rate"],
-                                    phase["epochs"]) + list(extra_callbacks)
+        # A weight average saves its epoch before the checkpoints record the epoch as done: a
+        # training killed between the two resumes at that epoch (the average holds it once)
+        # instead of resuming after an epoch its average never got.
+        averages = [c for c in extra_callbacks if isinstance(c, WeightAverage)]
+        phase_callbacks = averages + callbacks(config, log_dir, checkpoint_dir, phase["name"],
+                                               phase["learning_rate"], phase["epochs"]) + [
+            c for c in extra_callbacks if not isinstance(c, WeightAverage)]
         for callback in phase_callbacks:
             if isinstance(callback, ByEpoch):
                 callback.epoch_offset = phase_offset

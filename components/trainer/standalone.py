@@ -219,12 +219,14 @@ class Teacher:
 
 def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
           teacher: Optional[Teacher] = None, max_minutes: float = 0.0,
-          warm_start_classes: Sequence[str] = ()) -> Dict:
+          warm_start_classes: Sequence[str] = (), carry: bool = False) -> Dict:
     """Trains `config.model` on data/train (distilled from `teacher` if given), evaluates
     on data/test; writes the weights, result.json and curves.png into `output`; returns
     the result. `warm_start_classes`: the classes `config.warm_start` was trained on, when
     not the same as `config.classes` (a superset). `config.average_from` > 0: also average
-    the weights of every epoch from that one on (`average_weights`)."""
+    the weights of every epoch from that one on (`average_weights`). `carry`: go on from
+    the checkpoints of this run started with another epoch count or averaging start
+    (`recipe.carry_over`)."""
     if teacher:
         teacher.check(config)   # before anything is read or written
     os.makedirs(output, exist_ok=True)
@@ -264,6 +266,7 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
         checkpoint_dir=config.checkpoint_dir or os.path.join(output, "checkpoints"),
         class_weight=None if example_weights is not None else class_weight,
         extra_callbacks=[ShuffleEachEpoch(train), stopper, epochs] + ([averager] if averager else []),
+        carry=carry,
         data_id=f"{os.path.abspath(data)} per_class={per_class} teacher={teacher}"
                 + (f" warm_start_classes={list(warm_start_classes)}" if warm_start_classes else ""))
     average = (average_weights(network, averager, x[~held_out], (x[held_out], y[held_out]),
@@ -430,6 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also average the weights of every epoch from this one on "
                              "(stochastic weight averaging; kept when no worse on validation); "
                              "0: off")
+    parser.add_argument("--carry-over", action="store_true",
+                        help="go on from the checkpoints of this same run started with another "
+                             "--epochs or --average-from (a cosine's epoch count sets its curve, "
+                             "so it is part of the checkpoint key): its finished epochs are kept "
+                             "and the rest follow this run's curve")
     parser.add_argument("--max-minutes", type=float, default=0.0,
                         help="stop cleanly (best weights kept and saved) after this many minutes "
                              "of training; SIGTERM does the same")
@@ -464,7 +472,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if trained_classes and not args.warm_start:
             raise ValueError("--warm-start-classes needs --warm-start")
         result = train(args.data, args.output, config, args.per_class, teacher, args.max_minutes,
-                       trained_classes)
+                       trained_classes, args.carry_over)
     except (ValueError, FileNotFoundError) as error:
         sys.stderr.write(f"error: {error}\n")
         return 2
