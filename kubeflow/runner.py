@@ -58,7 +58,21 @@ class GpuConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "GpuConfig":
+        if not isinstance(values or {}, dict):
+            raise ConfigError("trainer_gpu must be a mapping (count, resource, cpu_limit, ...)")
         values = dict(values or {})
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"trainer_gpu: unknown key(s) {', '.join(unknown)}")
+        for key, kind in (("count", int), ("resource", str), ("cpu_limit", (int, float)),
+                          ("memory_limit_gb", (int, float))):
+            if key in values and (not isinstance(values[key], kind) or isinstance(values[key], bool)):
+                what = {int: "a whole number", str: "a string"}.get(kind, "a number")
+                raise ConfigError(f"trainer_gpu.{key} must be {what}, got {values[key]!r}")
+        if not isinstance(values.get("node_selector") or {}, dict) or not all(
+                isinstance(t, dict) for t in values.get("tolerations") or ()):
+            raise ConfigError("trainer_gpu: node_selector must be a mapping and tolerations a list "
+                              "of mappings")
         values["node_selector"] = tuple(sorted((values.get("node_selector") or {}).items()))
         values["tolerations"] = tuple(tuple(sorted(t.items())) for t in values.get("tolerations") or ())
         config = cls(**values)
@@ -107,11 +121,15 @@ def load_config(path: str = DEFAULT_CONFIG, **overrides: Any) -> KubeflowConfig:
             values = yaml.safe_load(f) or {}
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read Kubeflow config {path}: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: must hold a mapping of settings (image, pipeline_root, ...), "
+                          f"not a {type(values).__name__}")
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in dataclasses.fields(KubeflowConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    _check_types(path, values)
     missing = sorted(k for k in ("image", "pipeline_root", "data", "serving_dir") if not values.get(k))
     if missing:
         raise ConfigError(f"{path}: missing {', '.join(missing)}")
@@ -119,7 +137,10 @@ def load_config(path: str = DEFAULT_CONFIG, **overrides: Any) -> KubeflowConfig:
     values["splits"] = tuple(values.get("splits") or ("train", "eval"))
     values["beam_pipeline_args"] = tuple(values.get("beam_pipeline_args") or ())
     values["annotation_columns"] = tuple(values.get("annotation_columns") or ())
-    values["trainer_gpu"] = GpuConfig.from_dict(values.get("trainer_gpu"))
+    try:
+        values["trainer_gpu"] = GpuConfig.from_dict(values.get("trainer_gpu"))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     try:
         values["validation"] = ValidationConfig.from_dict(values.get("validation") or {})
     except (TypeError, ValueError) as e:
@@ -154,6 +175,32 @@ def load_config(path: str = DEFAULT_CONFIG, **overrides: Any) -> KubeflowConfig:
     if not _NAME_RE.fullmatch(config.name):
         raise ConfigError(f"pipeline name {config.name!r} must match [a-z0-9][a-z0-9-]*")
     return config
+
+
+_STRINGS = ("image", "pipeline_root", "data", "serving_dir", "layout", "profile", "model", "pipeline_name",
+            "baseline_data", "annotations", "imbalance", "schema_file")
+_LISTS = ("splits", "classes", "beam_pipeline_args", "annotation_columns")
+_MAPPINGS = ("validation", "tuning", "training")
+
+
+def _check_types(path: str, values: Mapping[str, Any]) -> None:
+    """Each key of the configuration of the kind it must be, or a ConfigError naming it."""
+    def bad(key, kind):
+        return ConfigError(f"{path}: {key} must be {kind}, got {values[key]!r}")
+
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key in _STRINGS and not isinstance(value, str):
+            raise bad(key, "a string")
+        if key in _LISTS and not (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
+            raise bad(key, "a list of strings")
+        if key in _MAPPINGS and not isinstance(value, dict):
+            raise bad(key, "a mapping")
+        if key == "epochs" and (not isinstance(value, int) or isinstance(value, bool)):
+            raise bad(key, "a whole number")
+        if key == "min_accuracy" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise bad(key, "a number")
 
 
 def training_config(config: KubeflowConfig) -> TrainingConfig:

@@ -225,10 +225,11 @@ def _settings(args: argparse.Namespace):
         for member in [m for m in (args.ensemble or []) if "://" not in m]:
             resolve_model_dir(member, what=f"--ensemble {member}")
         try:
-            with_overrides(TrainingConfig(model=args.model, classes=classes),
-                           dict(overrides, **({} if args.epochs is None else {"epochs": args.epochs})))
+            training = with_overrides(TrainingConfig(model=args.model, classes=classes),
+                                      dict(overrides, **({} if args.epochs is None else {"epochs": args.epochs})))
         except TypeError as e:
             raise ValueError(f"training settings: {e}") from None
+        _check_weights(training)
     return run.RunSettings(
         data=args.data, output=args.output, profile=args.profile, runner=args.runner,
         classes=classes,
@@ -241,6 +242,22 @@ def _settings(args: argparse.Namespace):
                                          fairness_max_gap=args.fairness_max_gap,
                                          training_overrides=overrides,
                                          tuning=_tuning(args, TuningConfig))))
+
+
+def _check_weights(training) -> None:
+    """What the Trainer would load, loaded now (local files only: object storage is read in
+    the Trainer's container): each ensemble member predicts the run's classes, and the
+    warm-start weights fit the model and its classes. Each is a one-line ValueError naming
+    the file, before any data is read."""
+    local = [p for p in training.ensemble if "://" not in p]
+    if local:
+        from components.trainer import ensemble
+        for member in local:
+            ensemble.checked_member(member, training.classes)
+    if training.warm_start and "://" not in training.warm_start:
+        from components.trainer import model as model_lib
+        model_lib.load_trained_weights(model_lib.build(training.model, len(training.classes)),
+                                       training.model, training.warm_start)
 
 
 def _training_overrides(args: argparse.Namespace) -> tuple:
@@ -301,7 +318,11 @@ def _models(args: argparse.Namespace) -> int:
 
     from pipeline import ship
 
-    rows = ship.catalogue(args.models_dir)
+    try:
+        rows = ship.catalogue(args.models_dir)
+    except ValueError as e:
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        return 2
     if not rows:
         sys.stderr.write(f"{PROG}: error: --models-dir: no <name>/{ship.METADATA_JSON} under {args.models_dir}\n")
         return 2

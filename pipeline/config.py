@@ -332,9 +332,11 @@ def with_overrides(training: TrainingConfig, overrides: Mapping[str, Any]) -> Tr
 
 
 def serving_model_name(model: str, classes: Tuple[str, ...]) -> str:
-    """Pipeline and serving model name: fer2013-<model>[-<classes>] (KFP-safe: [a-z0-9-])."""
+    """Pipeline and serving model name: fer2013-<model>[-<classes>], an underscore in the
+    model's name written as a hyphen (KFP-safe: [a-z0-9-]; `compact_resnet` ->
+    fer2013-compact-resnet)."""
     suffix = "" if tuple(classes) == features.EMOTIONS else "-" + "-".join(classes)
-    return f"fer2013-{model}{suffix}"
+    return f"fer2013-{model.replace('_', '-')}{suffix}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -311,11 +311,20 @@ def catalogue(models_dir: str = "models") -> List[Dict]:
     """One row per shipped model under `models_dir`, read from its metadata.json: name,
     version, classes, architecture (an ensemble's members' joined by '+'), parameters,
     size and PublicTest accuracy, macro-F1 and per-class scores through each signature
-    (`CATALOGUE_VIEWS`). Sorted by classes, then by one-view accuracy, best first."""
+    (`CATALOGUE_VIEWS`). Sorted by classes, then by one-view accuracy, best first. A
+    metadata.json that is not JSON, or lacks a key every row needs, is a ValueError naming
+    the file."""
     rows = []
     for path in sorted(glob.glob(os.path.join(models_dir, "*", METADATA_JSON))):
-        with open(path) as f:
-            metadata = json.load(f)
+        try:
+            with open(path) as f:
+                metadata = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: cannot read it as JSON: {e}") from None
+        missing = [k for k in ("name", "version", "classes") if k not in metadata] if isinstance(
+            metadata, dict) else ["a JSON object"]
+        if missing:
+            raise ValueError(f"{path}: no {', '.join(missing)}: not a shipped model's metadata")
         members = (metadata.get("ensemble") or {}).get("members") or []
         if members:
             architecture = "+".join(m["architecture"] for m in members)

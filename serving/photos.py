@@ -179,8 +179,12 @@ def annotate(image, faces: List[Dict], path: str, out_dir: str) -> str:
 
 
 def format_text(results: List[PhotoResult]) -> str:
+    """The report of the photos read (faces found or none); a photo that failed is left to
+    `run`'s one line on stderr."""
     lines = []
     for r in results:
+        if r.status == FAILED:
+            continue
         if r.status != OK:
             lines.append(r.error if r.error.startswith(r.file) else f"{r.file}: {r.error}")
             continue
@@ -196,7 +200,8 @@ def format_text(results: List[PhotoResult]) -> str:
 
 def run(photos: Sequence[str], classifier, as_json: bool = False,
         annotate_dir: Optional[str] = None, margin: float = face_lib.DEFAULT_MARGIN) -> int:
-    """Prints the results; 0 unless no photo could be processed at all."""
+    """Prints the results (on stdout; with `as_json`, the failed photos' errors too) and one
+    line on stderr for each photo that failed; 0 unless no photo could be processed at all."""
     results = []
     for path in photos:
         try:
@@ -205,7 +210,7 @@ def run(photos: Sequence[str], classifier, as_json: bool = False,
             results.append(PhotoResult(path, status=FAILED, error=f"{path}: {e}"))
     if as_json:
         print(json.dumps({"photos": [r.to_dict() for r in results]}, indent=1))
-    else:
+    elif any(r.status != FAILED for r in results):
         print(format_text(results))
     failed = [r for r in results if r.status == FAILED]
     for r in failed:

@@ -153,6 +153,9 @@ def test_ensemble_settings_are_refused_before_any_data_is_read(tmp_path, capsys)
     run = ["run", "--data", str(FER2013), "--output", str(tmp_path / "o"), "--model", "ensemble"]
     assert cli.main(run + ["--ensemble", COMPACT, str(tmp_path / "gone")]) == 2
     assert f"--ensemble {tmp_path / 'gone'}: no such directory" in capsys.readouterr().err
+    narrow = str(REPO / "models" / "fer2013-compact-happy-sad-neutral")
+    assert cli.main(run + ["--ensemble", COMPACT, narrow]) == 2
+    assert "predicts happy, sad, neutral; the pipeline trains on angry, " in capsys.readouterr().err
     assert cli.main(run + ["--ensemble", COMPACT, "--epochs", "3"]) == 2
     assert "epochs must be 0" in capsys.readouterr().err
     assert cli.main(run) == 2

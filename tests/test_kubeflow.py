@@ -103,10 +103,32 @@ def test_every_sample_configuration_compiles(sample, tmp_path):
     ({"serving_dir": "models/"}, "serving_dir must be an object-storage URI"),
     ({"classes": ["happy", "bored"]}, "unknown emotion(s) bored"),
     ({"pipeline_name": "FER_2013"}, "must match"),
+    ({"trainer_gpu": {"count": "two"}}, "trainer_gpu.count must be a whole number, got 'two'"),
+    ({"trainer_gpu": {"gpus": 2}}, "trainer_gpu: unknown key(s) gpus"),
+    ({"trainer_gpu": [1]}, "trainer_gpu must be a mapping"),
+    ({"epochs": "10"}, "epochs must be a whole number, got '10'"),
+    ({"splits": "train"}, "splits must be a list of strings, got 'train'"),
+    ({"training": ["lr"]}, "training must be a mapping, got ['lr']"),
 ])
 def test_bad_configuration_fails_fast(override, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         runner.load_config(runner.DEFAULT_CONFIG, **override)
+
+
+@pytest.mark.parametrize("text", ["- image: x\n", "just a string\n"])
+def test_a_configuration_file_that_is_not_a_mapping_is_one_line_naming_it(text, tmp_path, capsys):
+    path = tmp_path / "kubeflow.yaml"
+    path.write_text(text)
+    assert cli.main(["compile", "--config", str(path), "--output", str(tmp_path / "p.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{path}: must hold a mapping of settings" in err and len(err.splitlines()) == 1
+
+
+def test_a_model_name_with_an_underscore_gives_a_kfp_safe_pipeline_name(tmp_path):
+    config = runner.load_config(runner.DEFAULT_CONFIG, model="compact_resnet")
+    assert config.name == "fer2013-compact-resnet"
+    assert runner.load_config(runner.DEFAULT_CONFIG, model="compact_resnet",
+                              classes=("happy", "sad", "neutral")).name == "fer2013-compact-resnet-happy-sad-neutral"
 
 
 def test_compile_command_reports_a_local_pipeline_root_in_one_line(tmp_path, capsys):

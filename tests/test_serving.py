@@ -251,6 +251,20 @@ def test_predict_command_in_process_with_json_and_annotations(tmp_path, pushed, 
     assert [p.label for p in local.predict_images(crops)] == [f["label"] for f in faces_found]
 
 
+def test_the_text_report_names_each_failed_photo_once_on_stderr_only(tmp_path, local, capsys):
+    blank = tmp_path / "wall.png"
+    Image.new("RGB", (320, 240), (200, 200, 200)).save(blank)
+    missing = tmp_path / "missing.png"
+    assert photos.run([str(blank), str(missing)], local) == 0
+    printed = capsys.readouterr()
+    assert printed.out == f"{blank}: no face found\n"
+    assert printed.err == (f"fer-pipeline predict: cannot read {missing}: No such file or "
+                           "directory\n")
+    assert photos.run([str(missing)], local) == 1   # none could be read: nothing on stdout
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err.count(str(missing)) == 1
+
+
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
 def test_photos_through_the_server_match_in_process(protocol, tmp_path, server, local, capsys):
     photo = str(compose_photo(tmp_path / "two.png", emotions=("sad", "angry")))
@@ -361,8 +375,8 @@ def test_nothing_done_exits_1_and_a_huge_image_is_refused(tmp_path, local, capsy
     Image.new("L", (8000, 7000)).save(huge)  # 56 megapixels, a few kB on disk
     assert photos.run([str(huge), str(tmp_path / "nope.jpg")], local) == 1
     captured = capsys.readouterr()
-    assert "too large (8000x7000 = 56 megapixels; at most 50)" in captured.out
-    assert "nope.jpg" in captured.err
+    assert "too large (8000x7000 = 56 megapixels; at most 50)" in captured.err
+    assert "nope.jpg" in captured.err and captured.out == ""   # each failure once, on stderr
 
 
 def test_no_image_bytes_or_crops_reach_the_logs(tmp_path, server, caplog, capsys):

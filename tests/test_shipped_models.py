@@ -131,6 +131,14 @@ def test_fer_pipeline_models_prints_the_catalogue_and_names_an_empty_folder(tmp_
     assert cli.main(["models", "--models-dir", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert str(tmp_path) in error and "metadata.json" in error
+    broken = tmp_path / "fer2013-broken" / "metadata.json"
+    for text, message in (("{name: 1", "cannot read it as JSON: Expecting property name"),
+                          ('{"name": "fer2013-broken"}', "no version, classes: not a shipped model's")):
+        broken.parent.mkdir(exist_ok=True)
+        broken.write_text(text)
+        assert cli.main(["models", "--models-dir", str(tmp_path)]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith(f"fer-pipeline: error: {broken}: {message}") and len(error.splitlines()) == 1
 
 
 def test_a_shipped_ensemble_is_made_of_the_shipped_models_it_names_at_their_shipped_versions():

@@ -446,6 +446,7 @@ def _assert_subset_model(summary):
     (["--calibration-temperature", "0.01"], None,
      "calibration_temperature must be 0 (fit it) or in [0.05, 20], got 0.01"),
     (["--average-from", "-2"], None, "average_from must be >= 0 (0: off), got -2"),
+    (["--warm-start", "gone.weights.h5", "--epochs", "0"], None, "warm start: no weights file at "),
 ])
 def test_bad_training_settings_give_one_line_and_exit_2(extra, config_text, message, tmp_path, capsys,
                                                         monkeypatch):
@@ -462,6 +463,22 @@ def test_bad_training_settings_give_one_line_and_exit_2(extra, config_text, mess
         code = e.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("model, classes", [("dcnn", ""), ("compact", "happy,sad,neutral")])
+def test_warm_start_weights_of_another_model_or_classes_are_refused_before_any_data_is_read(
+        model, classes, tmp_path, capsys):
+    from pipeline import cli
+    weights = str(tmp_path / "compact.weights.h5")
+    model_lib.build("compact", 7).save_weights(weights)
+    args = ["run", "--data", str(tmp_path / "no-data"), "--output", str(tmp_path / "out"), "--model", model,
+            "--warm-start", weights, "--epochs", "0"] + (["--classes", classes] if classes else [])
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"fer-pipeline: error: warm start: cannot load {weights} into {model} with "
+                          f"{len(classes.split(',')) if classes else 7} classes (the same --model and "
+                          "--classes as the weights were trained with?): ")
+    assert len(err.splitlines()) == 1 and len(err) < 600 and not (tmp_path / "out").exists()
 
 
 def test_the_prior_correction_favours_rare_classes_in_proportion_to_its_strength():

@@ -14,7 +14,7 @@ without one, from whichever architecture its variables fit.
 import dataclasses
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -55,11 +55,10 @@ def _shipped_metadata(version_dir: str) -> Optional[Dict]:
     return metadata
 
 
-def read_member(path: str, classes: Sequence[str]) -> Member:
-    """The member at `path` (a version folder or its parent), checked to predict `classes`
-    in that order."""
-    from components.trainer.saved_weights import network_from_saved_model
-    from pipeline.prior import applied
+def checked_member(path: str, classes: Sequence[str]) -> Tuple[str, List[str]]:
+    """(the version folder at `path`, a version folder or its parent, and the classes its
+    `predict_image` serves); a ValueError naming the member unless those are `classes`, in
+    that order. The command line runs it before any data is read, the Trainer again."""
     from pipeline.ship import served_predictor
     from serving.photos import resolve_model_dir
 
@@ -68,6 +67,16 @@ def read_member(path: str, classes: Sequence[str]) -> Member:
     if list(served) != list(classes):
         raise ValueError(f"ensemble member {version_dir}: predicts {', '.join(served)}; the pipeline "
                          f"trains on {', '.join(classes)} (same classes in the same order)")
+    return version_dir, list(served)
+
+
+def read_member(path: str, classes: Sequence[str]) -> Member:
+    """The member at `path` (a version folder or its parent), checked to predict `classes`
+    in that order."""
+    from components.trainer.saved_weights import network_from_saved_model
+    from pipeline.prior import applied
+
+    version_dir, served = checked_member(path, classes)
     metadata = _shipped_metadata(version_dir)
     architecture = ((metadata or {}).get("recipe") or {}).get("model")
     if architecture:

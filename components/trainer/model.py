@@ -758,6 +758,23 @@ def build(name: str, num_classes: int, pretrained: str = "") -> keras.Model:
     return BUILDERS[name](INPUT_SHAPE, num_classes)
 
 
+def load_trained_weights(network: keras.Model, name: str, path: str) -> None:
+    """Loads the `.weights.h5` at `path` (local or object storage), trained as model `name`,
+    into `network`. A missing file, or weights of another model or class count, is a
+    one-line ValueError naming the file, the model and the classes."""
+    try:
+        local = local_file(path)
+    except FileNotFoundError:
+        raise ValueError(f"warm start: no weights file at {path}") from None
+    try:
+        network.load_weights(local)
+    except (ValueError, OSError) as error:
+        detail = " ".join(str(error).split())   # Keras lists the layers over many lines
+        raise ValueError(f"warm start: cannot load {path} into {name} with {network.output_shape[-1]} "
+                         f"classes (the same --model and --classes as the weights were trained "
+                         f"with?): {detail[:300]}{'...' if len(detail) > 300 else ''}") from None
+
+
 def load_weights_for_classes(network: keras.Model, name: str, path: str,
                              trained_classes: Sequence[str], classes: Sequence[str]) -> None:
     """Loads into `network` (model `name` built for `classes`) the weights at `path` of the

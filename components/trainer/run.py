@@ -14,16 +14,6 @@ from pipeline.calibration import fit_temperature
 from pipeline.config import TrainingConfig
 
 
-def load_warm_start(network: keras.Model, path: str) -> None:
-    """Loads weights trained elsewhere (the standalone trainer) into `network`."""
-    try:
-        network.load_weights(model_lib.local_file(path))
-    except (ValueError, FileNotFoundError, OSError) as error:
-        raise ValueError(f"warm_start: cannot load {path} into {network.name} with "
-                         f"{network.output_shape[-1]} classes (same --model and --classes as the "
-                         f"weights were trained with?): {error}") from error
-
-
 def run_fn(fn_args: FnArgs) -> None:
     """Trains the configured model on the train split and exports the serving SavedModel."""
     config = tuned_config(TrainingConfig.from_dict(fn_args.custom_config), fn_args.hyperparameters)
@@ -43,7 +33,7 @@ def run_fn(fn_args: FnArgs) -> None:
         network = (ensemble.build(members) if members else
                    model_lib.build(config.model, len(config.classes), config.pretrained_weights))
         if config.warm_start:
-            load_warm_start(network, config.warm_start)
+            model_lib.load_trained_weights(network, config.model, config.warm_start)
         model = model_lib.training_model(network, config) if config.epochs > 0 else network
     history, average = {}, None
     if config.epochs > 0:

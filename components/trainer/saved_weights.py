@@ -82,4 +82,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code:
+        # A network that failed to read keeps the checkpoint's unrestored values, and
+        # TensorFlow warns of each (a hundred lines) as it goes at exit, after the error.
+        tf.get_logger().setLevel("ERROR")
+    sys.exit(code)
