@@ -254,10 +254,10 @@ def _check_weights(training) -> None:
         from components.trainer import ensemble
         for member in local:
             ensemble.checked_member(member, training.classes)
-    if training.warm_start and "://" not in training.warm_start:
+    if training.warm_start and "://" not in training.warm_start + training.pretrained_weights:
         from components.trainer import model as model_lib
-        model_lib.load_trained_weights(model_lib.build(training.model, len(training.classes)),
-                                       training.model, training.warm_start)
+        network = model_lib.build(training.model, len(training.classes), training.pretrained_weights)
+        model_lib.load_trained_weights(network, training.model, training.warm_start)
 
 
 def _training_overrides(args: argparse.Namespace) -> tuple:

@@ -91,7 +91,9 @@ pushed() {  # pushed STAGE: the version directory the stage's export pushed
   if [ -n "${DRY_RUN:-}" ]; then
     echo "$RUNS/$1/serving/PUSHED/VERSION"
   else
-    find "$RUNS/$1/serving" -mindepth 2 -maxdepth 2 -name "[0-9]*" | sort | tail -1
+    # the newest version (a timestamp) under whatever model name the export pushed to
+    find "$RUNS/$1/serving" -mindepth 2 -maxdepth 2 -name "[0-9]*" | awk -F/ '{print $NF, $0}' \
+      | sort -n | tail -1 | cut -d' ' -f2-
   fi
 }
 

@@ -274,12 +274,21 @@ def test_a_stopped_cosine_run_carried_over_to_another_epoch_count_goes_on_along_
     # A weight average goes on only from the epoch it began at, and none is begun in retrospect.
     with pytest.raises(KeyboardInterrupt):
         attempt("b", dataclasses.replace(config, average_from=1), _Interrupt(after_epoch=1), carry=False)
-    with pytest.raises(ValueError, match=r"holds epochs 1 to 2; average_from 2 cannot go on from it \(use 1\)"):
+    with pytest.raises(ValueError, match=r"holds epochs 1 to 2; average_from 2 cannot go on from it "
+                                         r"\(use 1, or 0 for none\)"):
         attempt("b", dataclasses.replace(config, epochs=6, average_from=2))
-    with pytest.raises(KeyboardInterrupt):
-        attempt("c", config, _Interrupt(after_epoch=1), carry=False)
+    epochs, unaveraged = _EpochLog(), dataclasses.replace(config, epochs=4, average_from=0)
+    attempt("b", unaveraged, epochs)   # averaging turned off: always possible, no average kept
+    assert epochs.began == [2, 3] and not os.path.exists(
+        tmp_path / "b" / recipe.checkpoint_key(unaveraged, "faces") / "train.average.npz")
+    with pytest.raises(KeyboardInterrupt):   # (a directory name glob would misread)
+        attempt("c[1]", config, _Interrupt(after_epoch=1), carry=False)
     with pytest.raises(ValueError, match="its 2 finished epochs hold no weight average"):
-        attempt("c", dataclasses.replace(config, epochs=6, average_from=2))
+        attempt("c[1]", dataclasses.replace(config, epochs=6, average_from=2))
+    stopped = tmp_path / "c[1]" / recipe.checkpoint_key(config, "faces")
+    shutil.copy(stopped / f"train.{recipe.HISTORY_CSV}", stopped / f"frozen.{recipe.HISTORY_CSV}")
+    with pytest.raises(ValueError, match=r"a training in phases \(frozen, train\) is not carried over"):
+        attempt("c[1]", dataclasses.replace(config, epochs=6))
 
 
 class _FirstBatchOfEachEpoch(keras.callbacks.Callback):

@@ -32,7 +32,6 @@ import contextlib
 import csv
 import dataclasses
 import functools
-import glob
 import hashlib
 import json
 import logging
@@ -416,11 +415,14 @@ def training_dir(checkpoint_dir: str, config: TrainingConfig, data_id: str) -> s
     return path
 
 
+def _phases_begun(path: str) -> List[str]:
+    """The phases of the training in `path` that have logged an epoch."""
+    return sorted(name[:-len(HISTORY_CSV) - 1] for name in os.listdir(path) if name.endswith(f".{HISTORY_CSV}"))
+
+
 def _epochs_done(path: str) -> int:
     """How many epochs the training in `path` has finished, over all its phases."""
-    names = [os.path.basename(f)[:-len(HISTORY_CSV) - 1]
-             for f in sorted(glob.glob(os.path.join(path, f"*.{HISTORY_CSV}")))]
-    return len(read_history(path, names)["phase"])
+    return len(read_history(path, _phases_begun(path))["phase"])
 
 
 def carry_over(path: str, config: TrainingConfig, data_id: str) -> Optional[str]:
@@ -431,20 +433,21 @@ def carry_over(path: str, config: TrainingConfig, data_id: str) -> Optional[str]
     carried from, or None when `path` has finished epochs of its own (it resumes those:
     the same command started again goes on as any other). Raises ValueError, naming the
     directories, when no earlier training or several match, when it has finished (train
-    on from its weights with a warm start instead), or when its weight average cannot go
-    on under this `average_from` (it would miss or hold the wrong epochs)."""
+    on from its weights with a warm start instead), when it is a two-phase fine-tuning
+    (not carried: its phases count their epochs apart), or when its weight average cannot
+    go on under this `average_from` (it would miss or hold the wrong epochs; 0, no
+    average, is always possible)."""
     if _epochs_done(path):
         return None
     root, matches = os.path.dirname(path), []
-    for other in sorted(glob.glob(os.path.join(root, "*", _CONFIG_JSON))):
-        other = os.path.dirname(other)
-        if other == path or not _epochs_done(other):
+    for other in sorted(os.path.join(root, name) for name in os.listdir(root)):
+        if other == path or not os.path.isfile(os.path.join(other, _CONFIG_JSON)) or not _epochs_done(other):
             continue
-        with open(os.path.join(other, _CONFIG_JSON)) as f:
-            saved = json.load(f)
         try:
+            with open(os.path.join(other, _CONFIG_JSON)) as f:
+                saved = json.load(f)
             before = TrainingConfig.from_dict(saved["recipe"])
-        except (KeyError, TypeError, ValueError):  # written by another version: not this training
+        except (OSError, KeyError, TypeError, ValueError):  # another version's or unreadable: not this training
             continue
         moved = dataclasses.replace(before, **{f: getattr(config, f) for f in _CARRIED_FIELDS})
         if (saved.get("data") == data_id and checkpoint_key(before, data_id) == os.path.basename(other)
@@ -457,25 +460,29 @@ def carry_over(path: str, config: TrainingConfig, data_id: str) -> Optional[str]
             f"this one only in {fields}" + (f" ({', '.join(m for m, _ in matches)}); remove all but "
                                             "the one to go on from" if matches else ""))
     other, before = matches[0]
-    done = _epochs_done(other)
-    if any(os.path.exists(os.path.join(other, f"{last}.done.weights.h5")) for last in ("train", "fine_tune")):
+    done, begun = _epochs_done(other), _phases_begun(other)
+    if begun != ["train"]:
+        raise ValueError(f"carry over from {other}: a training in phases ({', '.join(begun)}) is "
+                         "not carried over; start it afresh, or from its weights with a warm start")
+    if os.path.exists(os.path.join(other, "train.done.weights.h5")):
         raise ValueError(f"carry over from {other}: that training has finished ({done} epochs); "
                          "train on from its weights with a warm start instead")
-    for average in sorted(glob.glob(os.path.join(other, "*.average.npz"))):
+    average = average_path(other, "train")
+    if config.average_from and os.path.exists(average):
         with np.load(average) as saved:
             count, last = int(saved["count"]), int(saved["last"])
         if config.average_from != last - count + 1:
             raise ValueError(f"carry over from {other}: its weight average holds epochs "
                              f"{last - count + 1} to {last}; average_from {config.average_from} "
-                             f"cannot go on from it (use {last - count + 1})")
-    if not glob.glob(os.path.join(other, "*.average.npz")) and 0 < config.average_from <= done:
+                             f"cannot go on from it (use {last - count + 1}, or 0 for none)")
+    elif 0 < config.average_from <= done:
         raise ValueError(f"carry over from {other}: its {done} finished epochs hold no weight "
                          f"average, so one from epoch {config.average_from} would miss epochs; "
                          f"average from an epoch after {done}")
     # The histories last: they say how many epochs a directory has finished (`_epochs_done`),
-    # so a copy cut short is not taken for a training to resume.
+    # so a copy cut short is not taken for a training to resume. No average without averaging.
     for name in sorted(os.listdir(other), key=lambda n: (n.endswith(HISTORY_CSV), n)):
-        if name == _CONFIG_JSON:
+        if name == _CONFIG_JSON or (name == os.path.basename(average) and not config.average_from):
             continue
         source, target = os.path.join(other, name), os.path.join(path, name)
         if os.path.isdir(source):

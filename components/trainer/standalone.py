@@ -230,6 +230,11 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
     if teacher:
         teacher.check(config)   # before anything is read or written
     os.makedirs(output, exist_ok=True)
+    checkpoint_dir = config.checkpoint_dir or os.path.join(output, "checkpoints")
+    data_id = (f"{os.path.abspath(data)} per_class={per_class} teacher={teacher}"
+               + (f" warm_start_classes={list(warm_start_classes)}" if warm_start_classes else ""))
+    if carry:   # before the data is read and the teacher answers: a refusal costs nothing
+        recipe.carry_over(recipe.training_dir(checkpoint_dir, config, data_id), config, data_id)
     keras.utils.set_random_seed(config.seed)
     classes = list(config.classes)
     x, y, ids = load_split(data, "train", classes, per_class)
@@ -263,12 +268,9 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
     averager = recipe.WeightAverage(network, config.average_from) if config.average_from else None
     history = recipe.fit(
         model, network, train, (x[held_out], one_hot[y[held_out]]), config, output,
-        checkpoint_dir=config.checkpoint_dir or os.path.join(output, "checkpoints"),
-        class_weight=None if example_weights is not None else class_weight,
+        checkpoint_dir=checkpoint_dir, class_weight=None if example_weights is not None else class_weight,
         extra_callbacks=[ShuffleEachEpoch(train), stopper, epochs] + ([averager] if averager else []),
-        carry=carry,
-        data_id=f"{os.path.abspath(data)} per_class={per_class} teacher={teacher}"
-                + (f" warm_start_classes={list(warm_start_classes)}" if warm_start_classes else ""))
+        data_id=data_id)
     average = (average_weights(network, averager, x[~held_out], (x[held_out], y[held_out]),
                                (x_test, y_test), classes, config.batch_size, output, config.model)
                if averager else None)
