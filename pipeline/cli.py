@@ -246,9 +246,12 @@ def _settings(args: argparse.Namespace):
 
 def _check_weights(training) -> None:
     """What the Trainer would load, loaded now (local files only: object storage is read in
-    the Trainer's container): each ensemble member predicts the run's classes, and the
-    warm-start weights fit the model and its classes. Each is a one-line ValueError naming
+    the Trainer's container): the ImageNet weights file exists, each ensemble member
+    predicts the run's classes, and the warm-start weights fit the model and its classes. Each is a one-line ValueError naming
     the file, before any data is read."""
+    pretrained = training.pretrained_weights
+    if pretrained and "://" not in pretrained and not os.path.isfile(pretrained):
+        raise ValueError(f"--pretrained-weights: no such file: {pretrained}")
     local = [p for p in training.ensemble if "://" not in p]
     if local:
         from components.trainer import ensemble

@@ -456,6 +456,8 @@ def _assert_subset_model(summary):
      "calibration_temperature must be 0 (fit it) or in [0.05, 20], got 0.01"),
     (["--average-from", "-2"], None, "average_from must be >= 0 (0: off), got -2"),
     (["--warm-start", "gone.weights.h5", "--epochs", "0"], None, "warm start: no weights file at "),
+    (["--model", "vgg16", "--pretrained-weights", "gone.h5", "--warm-start", "w.weights.h5"], None,
+     "--pretrained-weights: no such file: "),
 ])
 def test_bad_training_settings_give_one_line_and_exit_2(extra, config_text, message, tmp_path, capsys,
                                                         monkeypatch):
