@@ -221,9 +221,6 @@ def _settings(args: argparse.Namespace):
         args.epochs = 0   # an ensemble is exported, not trained
     overrides = () if validate_only else _training_overrides(args)
     if not validate_only:  # the recipe is checked before any data is read
-        from serving.photos import resolve_model_dir
-        for member in [m for m in (args.ensemble or []) if "://" not in m]:
-            resolve_model_dir(member, what=f"--ensemble {member}")
         try:
             training = with_overrides(TrainingConfig(model=args.model, classes=classes),
                                       dict(overrides, **({} if args.epochs is None else {"epochs": args.epochs})))
@@ -247,8 +244,8 @@ def _settings(args: argparse.Namespace):
 def _check_weights(training) -> None:
     """What the Trainer would load, loaded now (local files only: object storage is read in
     the Trainer's container): the ImageNet weights file exists, each ensemble member
-    predicts the run's classes, and the warm-start weights fit the model and its classes. Each is a one-line ValueError naming
-    the file, before any data is read."""
+    predicts the run's classes, and the warm-start weights fit the model and its classes.
+    Each is a one-line ValueError naming the file, before any data is read."""
     pretrained = training.pretrained_weights
     if pretrained and "://" not in pretrained and not os.path.isfile(pretrained):
         raise ValueError(f"--pretrained-weights: no such file: {pretrained}")
@@ -256,7 +253,7 @@ def _check_weights(training) -> None:
     if local:
         from components.trainer import ensemble
         for member in local:
-            ensemble.checked_member(member, training.classes)
+            ensemble.checked_member(member, training.classes, what=f"--ensemble {member}")
     if training.warm_start and "://" not in training.warm_start + training.pretrained_weights:
         from components.trainer import model as model_lib
         network = model_lib.build(training.model, len(training.classes), training.pretrained_weights)

@@ -185,8 +185,8 @@ def format_text(results: List[PhotoResult]) -> str:
     for r in results:
         if r.status == FAILED:
             continue
-        if r.status != OK:
-            lines.append(r.error if r.error.startswith(r.file) else f"{r.file}: {r.error}")
+        if r.status == NO_FACE:   # its error names the file
+            lines.append(r.error)
             continue
         lines.append(f"{r.file}: {len(r.faces)} face(s)")
         for face in r.faces:

@@ -240,9 +240,10 @@ def test_a_stopped_cosine_run_carried_over_to_another_epoch_count_goes_on_along_
         network = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
         if config.average_from:   # after the interruptions: fit runs it before the checkpoints
             extra += (recipe.WeightAverage(network, config.average_from),)
+        if carry:   # as the standalone trainer's --carry-over does, before the fit
+            recipe.carry_over(recipe.training_dir(str(tmp_path / kept), config, "faces"), config, "faces")
         return recipe.fit(network, network, data, (x, y), config, str(tmp_path / "run"),
-                          checkpoint_dir=str(tmp_path / kept), extra_callbacks=extra, data_id="faces",
-                          carry=carry)
+                          checkpoint_dir=str(tmp_path / kept), extra_callbacks=extra, data_id="faces")
 
     config = TrainingConfig(model="compact", classes=["happy", "sad"], epochs=8, learning_rate=0.01,
                             lr_schedule="cosine", early_stopping_patience=10, imbalance="none",

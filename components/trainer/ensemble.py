@@ -55,14 +55,15 @@ def _shipped_metadata(version_dir: str) -> Optional[Dict]:
     return metadata
 
 
-def checked_member(path: str, classes: Sequence[str]) -> Tuple[str, List[str]]:
+def checked_member(path: str, classes: Sequence[str], what: str = "") -> Tuple[str, List[str]]:
     """(the version folder at `path`, a version folder or its parent, and the classes its
-    `predict_image` serves); a ValueError naming the member unless those are `classes`, in
-    that order. The command line runs it before any data is read, the Trainer again."""
+    `predict_image` serves); a ValueError naming the member (as `what`, when given) unless
+    those are `classes`, in that order. The command line runs it before any data is read,
+    the Trainer again."""
     from pipeline.ship import served_predictor
     from serving.photos import resolve_model_dir
 
-    version_dir = resolve_model_dir(path, what=f"ensemble member {path}")
+    version_dir = resolve_model_dir(path, what=what or f"ensemble member {path}")
     served = served_predictor(version_dir)[1]
     if list(served) != list(classes):
         raise ValueError(f"ensemble member {version_dir}: predicts {', '.join(served)}; the pipeline "

@@ -13,8 +13,8 @@ TFX Trainer (TensorFlow backend) and in the standalone trainer (JAX backend).
   hyperparameters) starts afresh beside it. How long to train (epochs, early-stopping
   patience) is not part of the key: a stopped training re-run with more epochs goes on
   where it stopped. Under the cosine the epoch count sets the curve and is part of the key;
-  `fit(carry_over=True)` moves a stopped cosine run onto another epoch count (and weight
-  averaging start), its finished epochs kept.
+  `carry_over` moves a stopped cosine run onto another epoch count (and weight averaging
+  start), its finished epochs kept.
 - Random streams (augmentation, dropout) set from the seed and the epoch at each epoch's
   start (`RandomnessByEpoch`), so a resumed training does not replay its first epochs.
   Epochs are counted over all phases (`ByEpoch`), so fine-tuning does not replay the
@@ -380,11 +380,16 @@ def callbacks(config: TrainingConfig, log_dir: str, checkpoint_dir: str, phase: 
     ]
 
 
+def _recipe_record(config: TrainingConfig) -> Dict:
+    """The configuration as JSON holds it, without where its checkpoints go."""
+    return json.loads(json.dumps(dict(config.to_dict(), checkpoint_dir="")))
+
+
 def checkpoint_key(config: TrainingConfig, data_id: str) -> str:
     """The name of a training's checkpoint directory: a hash of the configuration, the
     augmentation (its layer's settings: checkpoints of the training model hold its random
     state) and the data."""
-    recipe = json.loads(json.dumps(dict(config.to_dict(), checkpoint_dir="")))
+    recipe = _recipe_record(config)
     # The epoch count only says when to stop, except under the cosine, whose curve it sets.
     ignored = tuple(f for f in _STOPPING_FIELDS if not (f == "epochs" and config.lr_schedule == "cosine"))
     identity = {k: v for k, v in recipe.items() if k not in ignored + _EXPORT_FIELDS}
@@ -410,8 +415,7 @@ def training_dir(checkpoint_dir: str, config: TrainingConfig, data_id: str) -> s
     path = os.path.join(checkpoint_dir, checkpoint_key(config, data_id))
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, _CONFIG_JSON), "w") as f:
-        json.dump({"recipe": json.loads(json.dumps(dict(config.to_dict(), checkpoint_dir=""))),
-                   "data": data_id}, f, indent=1, sort_keys=True)
+        json.dump({"recipe": _recipe_record(config), "data": data_id}, f, indent=1, sort_keys=True)
     return path
 
 
@@ -535,16 +539,14 @@ def fit(model: keras.Model, network: keras.Model, train, validation, config: Tra
         log_dir: str, checkpoint_dir: str = "", class_weight: Optional[Dict[int, float]] = None,
         scope: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
         extra_callbacks: Sequence[keras.callbacks.Callback] = (),
-        data_id: str = "", carry: bool = False) -> Dict[str, List[float]]:
+        data_id: str = "") -> Dict[str, List[float]]:
     """Compiles and trains `model` (the training model around `network`) in place, phase by
     phase; resumes a training of the same configuration and `data_id` (what identifies
-    the training data) from `checkpoint_dir` (default `<log_dir>/checkpoints`), or with
-    `carry`, one that differs from it only in its epoch count or weight averaging start
-    (`carry_over`). Returns the per-epoch history of all phases (with a 'phase' column).
-    `scope` wraps compilation (a distribution strategy's scope)."""
+    the training data) from `checkpoint_dir` (default `<log_dir>/checkpoints`; `carry_over`
+    first to go on from one with another epoch count). Returns the per-epoch history of all
+    phases (with a 'phase' column). `scope` wraps compilation (a distribution strategy's
+    scope)."""
     checkpoint_dir = training_dir(checkpoint_dir or os.path.join(log_dir, "checkpoints"), config, data_id)
-    if carry:
-        carry_over(checkpoint_dir, config, data_id)
     plan = phases(config, network)
     offset = 0   # the epochs of the phases before this one
     for phase in plan:

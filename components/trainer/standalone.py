@@ -246,7 +246,7 @@ def train(data: str, output: str, config: TrainingConfig, per_class: int = 0,
         model_lib.load_weights_for_classes(network, config.model, config.warm_start,
                                            warm_start_classes, classes)
     elif config.warm_start:
-        network.load_weights(config.warm_start)
+        model_lib.load_trained_weights(network, config.model, config.warm_start)
     warm_start_test = (evaluate(network, x_test, y_test, classes) if config.warm_start else None)
     online = teacher.online_distillation(len(classes)) if teacher and teacher.online else None
     model = model_lib.training_model(network, config, online)
