@@ -184,6 +184,7 @@ def ship(pushed: str, name: str, data: str, models_dir: str = "models",
         shutil.rmtree(target)
     shutil.copytree(pushed, target)
     strip_run_paths(target, run_output(pushed))
+    name_model_card(target, name)
     metadata = {
         "name": name, "version": int(version), "classes": measured.pop("classes"),
         "signatures": dict({
@@ -266,6 +267,29 @@ def strip_run_paths(version_dir: str, output: str) -> int:
                     f.write(text.replace(output, RUN_OUTPUT))
                 changed += 1
     return changed
+
+
+def name_model_card(version_dir: str, name: str) -> bool:
+    """Titles the model card in `version_dir/assets.extra` with the name the model is
+    shipped and served under, where the exporting pipeline's name differs (a `compact_resnet`
+    run shipped as `fer2013-compact`), and says which pipeline exported it: an auditor
+    reading `models/<name>/` finds the card of `<name>`. Returns whether it changed."""
+    from components.audit.audit import CARD_TITLE, MODEL_CARD
+
+    path = os.path.join(version_dir, "assets.extra", MODEL_CARD)
+    if not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        title, rest = (f.read().split("\n", 1) + [""])[:2]
+    if not title.startswith(CARD_TITLE):
+        raise ValueError(f"{path}: its first line is not a model card title ({CARD_TITLE.strip()} ...)")
+    pipeline = title[len(CARD_TITLE):].strip()
+    if pipeline == name:
+        return False
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"{CARD_TITLE}{name}\n\nServed as `{name}`; exported by the pipeline `{pipeline}` "
+                f"(the name in its audit report).\n{rest}")
+    return True
 
 
 def _without_directories(value):

@@ -317,6 +317,29 @@ def test_ship_rewrites_the_exporting_runs_folder_and_cuts_weight_paths_to_file_n
         {"recipe": {"warm_start": "compact.weights.h5", "model": "dcnn"}, "notes": ["a/b", "d.h5"]}
 
 
+def test_ship_titles_the_model_card_with_the_served_name(tmp_path):
+    card = tmp_path / "assets.extra" / audit.MODEL_CARD
+    card.parent.mkdir()
+    card.write_text("# Model card: fer2013-compact_resnet\n\n## Model\nA network.\n")
+    assert ship.name_model_card(str(tmp_path), "fer2013-compact")
+    assert card.read_text() == ("# Model card: fer2013-compact\n\nServed as `fer2013-compact`; exported by "
+                                "the pipeline `fer2013-compact_resnet` (the name in its audit report).\n"
+                                "\n## Model\nA network.\n")
+    assert not ship.name_model_card(str(tmp_path), "fer2013-compact")   # once only
+    assert not ship.name_model_card(str(tmp_path / "none"), "fer2013-compact")   # no card: nothing to do
+    card.write_text("Some notes\n")
+    with pytest.raises(ValueError, match="model_card.md: its first line is not a model card title"):
+        ship.name_model_card(str(tmp_path), "fer2013-compact")
+
+
+def test_every_shipped_model_card_is_titled_with_the_name_it_is_served_under():
+    for metadata_path in SHIPPED:
+        metadata = json.load(open(metadata_path))
+        card = os.path.join(_version_dir(metadata_path, metadata), "assets.extra", audit.MODEL_CARD)
+        with open(card, encoding="utf-8") as f:
+            assert f.readline() == f"{audit.CARD_TITLE}{metadata['name']}\n", card
+
+
 def test_weights_taken_back_out_of_a_shipped_model_give_its_served_probabilities(tmp_path, capsys):
     from components.trainer import model as model_lib, saved_weights, standalone
 

@@ -22,6 +22,7 @@ from pipeline.evaluation import ACCURACY, FAIRNESS_THRESHOLD, PROXY_SLICE_KEYS
 AUDIT_JSON = "audit_report.json"
 AUDIT_HTML = "audit_report.html"
 MODEL_CARD = "model_card.md"
+CARD_TITLE = "# Model card: "   # then the pipeline's name (pipeline.ship: the served name)
 PROXY_NOTE = ("brightness_band and contrast_band are computed from the pixels of each image; they are "
               "proxies for lighting and image quality, NOT demographic attributes")
 
@@ -256,7 +257,7 @@ def model_card(report: Dict) -> str:
     """The model card (Markdown), generated from the audit report."""
     overall = next((r for r in report["slices"] if r["kind"] == "overall"), None)
     lines = [
-        f"# Model card: {report['pipeline']}", "",
+        f"{CARD_TITLE}{report['pipeline']}", "",
         "## Model",
         f"{'An ensemble of convolutional networks' if report.get('ensemble') else 'A convolutional network'} that classifies a face image into one of: {', '.join(report['classes'])}. "
         "Trained by this TFX pipeline on FER2013 (or the data named below); exported as a TF Serving "
