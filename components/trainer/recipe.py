@@ -445,7 +445,10 @@ def carry_over(path: str, config: TrainingConfig, data_id: str) -> Optional[str]
         return None
     root, matches = os.path.dirname(path), []
     for other in sorted(os.path.join(root, name) for name in os.listdir(root)):
-        if other == path or not os.path.isfile(os.path.join(other, _CONFIG_JSON)) or not _epochs_done(other):
+        if other == path or not os.path.isfile(os.path.join(other, _CONFIG_JSON)):
+            continue
+        done = _epochs_done(other)
+        if not done:
             continue
         try:
             with open(os.path.join(other, _CONFIG_JSON)) as f:
@@ -456,15 +459,15 @@ def carry_over(path: str, config: TrainingConfig, data_id: str) -> Optional[str]
         moved = dataclasses.replace(before, **{f: getattr(config, f) for f in _CARRIED_FIELDS})
         if (saved.get("data") == data_id and checkpoint_key(before, data_id) == os.path.basename(other)
                 and checkpoint_key(moved, data_id) == os.path.basename(path)):
-            matches.append((other, before))
+            matches.append((other, before, done))
     fields = " or ".join(_CARRIED_FIELDS)
     if len(matches) != 1:
         raise ValueError(
             f"carry over into {path}: {len(matches) or 'no'} earlier trainings in {root} differ from "
-            f"this one only in {fields}" + (f" ({', '.join(m for m, _ in matches)}); remove all but "
+            f"this one only in {fields}" + (f" ({', '.join(m for m, _, _ in matches)}); remove all but "
                                             "the one to go on from" if matches else ""))
-    other, before = matches[0]
-    done, begun = _epochs_done(other), _phases_begun(other)
+    other, before, done = matches[0]
+    begun = _phases_begun(other)
     if begun != ["train"]:
         raise ValueError(f"carry over from {other}: a training in phases ({', '.join(begun)}) is "
                          "not carried over; start it afresh, or from its weights with a warm start")

@@ -13,9 +13,10 @@ TensorFlow. The optimizer state is not in a SavedModel: training goes on from th
 with a fresh optimizer.
 """
 import argparse
+import gc
 import os
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -34,30 +35,42 @@ def network_from_saved_model(saved_model_dir: str, model: str,
                          "models/<name>/<version>)")
     if num_classes is None:
         num_classes = len(served_predictor(saved_model_dir)[1])
-    network = model_lib.build(model, num_classes)
     variables = os.path.join(saved_model_dir, "variables", "variables")
 
-    def read(candidate) -> str:
-        """'' when the network's own variables all read from the checkpoint, else why not
-        (the SavedModel holds more than the network: expect_partial quiets that)."""
+    def read(build: Callable[[], keras.Model]) -> Tuple[Optional[keras.Model], str]:
+        """(a network from `build()` with its variables read from the checkpoint, ''), or
+        (None, why not): the SavedModel holds more than the network (expect_partial quiets
+        that). A network that failed to read is dropped here, quietly: TensorFlow warns of
+        each of its unrestored values (a hundred lines) when it is deleted, whenever that is."""
+        candidate = build()
         try:
             tf.train.Checkpoint(model=candidate).read(variables).expect_partial() \
                 .assert_existing_objects_matched()
+            return candidate, ""
         except (AssertionError, ValueError) as error:
-            return str(error).splitlines()[0]
-        return ""
+            why = str(error).splitlines()[0]
+        logger, level = tf.get_logger(), tf.get_logger().level
+        logger.setLevel("ERROR")
+        try:
+            del candidate
+            gc.collect()
+        finally:
+            logger.setLevel(level)
+        return None, why
 
     # Exports hold the network with its batch normalisation folded (`model.fold_batch_norm`),
     # earlier ones the network as trained: read whichever fits.
-    error = read(network)
-    if not error:
+    network, error = read(lambda: model_lib.build(model, num_classes))
+    if network is not None:
         return network
-    if model_lib.batch_norm_folds(network):
-        folded = model_lib.fold_batch_norm(model_lib.build(model, num_classes))
-        if not read(folded):
-            return model_lib.unfold_batch_norm(folded, network)
+    unread = model_lib.build(model, num_classes)
+    if model_lib.batch_norm_folds(unread):
+        folded, _ = read(lambda: model_lib.fold_batch_norm(model_lib.build(model, num_classes)))
+        if folded is not None:
+            return model_lib.unfold_batch_norm(folded, unread)
     raise ValueError(f"{saved_model_dir}: its variables do not fit a {model!r} network with "
                      f"{num_classes} classes (exported with another --model?): {error}")
+
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m components.trainer.saved_weights",
@@ -82,9 +95,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    if code:
-        # A network that failed to read keeps the checkpoint's unrestored values, and
-        # TensorFlow warns of each (a hundred lines) as it goes at exit, after the error.
-        tf.get_logger().setLevel("ERROR")
-    sys.exit(code)
+    sys.exit(main())
