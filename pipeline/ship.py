@@ -76,10 +76,12 @@ def tta_probabilities(predictor: Tuple[Callable, List[str]], data: str, views: S
 
 
 def image_probabilities(predictor: Tuple[Callable, List[str]], images: Dict[str, List[str]],
-                        batch_size: int = 256, per_class: int = 0,
-                        view=None) -> Tuple[np.ndarray, np.ndarray]:
+                        batch_size: int = 256, per_class: int = 0, view=None,
+                        encode: Optional[Callable[[List[bytes], List[str]], List[bytes]]] = None,
+                        ) -> Tuple[np.ndarray, np.ndarray]:
     """`publictest_probabilities` for any {emotion: image paths}, one entry per class of
-    the predictor, in its order."""
+    the predictor, in its order. `encode`, given, makes what is sent of each batch's file
+    bytes and paths instead of the `view` (say, a corruption: `pipeline.robustness`)."""
     import tensorflow as tf
     from components.trainer.model import View
 
@@ -91,22 +93,23 @@ def image_probabilities(predictor: Tuple[Callable, List[str]], images: Dict[str,
     for class_id, (emotion, paths) in enumerate(images.items()):
         paths = paths[:per_class] if per_class > 0 else paths
         for start in range(0, len(paths), batch_size):
-            chunk = _encoded(paths[start:start + batch_size], view)
+            chunk = _encoded(paths[start:start + batch_size], view, encode)
             out = predict(**{features.IMAGES_INPUT: tf.constant(chunk)})
             probabilities.append(out[features.PROBABILITIES_OUTPUT].numpy())
             truth += [class_id] * len(chunk)
     return np.asarray(truth), np.concatenate(probabilities)
 
 
-def _encoded(paths: Sequence[str], view) -> List[bytes]:
-    """The encoded images at `paths` as seen in `view` (`faces.seen_in`)."""
+def _encoded(paths: Sequence[str], view, encode=None) -> List[bytes]:
+    """The encoded images at `paths` as seen in `view` (`faces.seen_in`), or as `encode`
+    makes them of their bytes and paths."""
     from serving.faces import seen_in
 
     images = []
     for path in paths:
         with open(path, "rb") as f:
             images.append(f.read())
-    return seen_in(images, view, paths)
+    return encode(images, list(paths)) if encode else seen_in(images, view, paths)
 
 
 def evaluate_saved_model(path: str, data: str, tta: Sequence[str] = (),
