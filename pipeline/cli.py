@@ -107,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, help="default: 0")
     p.add_argument("--random-erasing", type=float,
                    help="share of training faces with one random rectangle erased (default: 0)")
+    p.add_argument("--camera", type=float,
+                   help="probability of each camera distortion (exposure, contrast, blur, noise) "
+                        "for a training face (default: 0)")
     p.add_argument("--pretrained-weights", metavar="H5",
                    help="ImageNet weights for vgg16/resnet50 (default: the Keras cache if it has "
                         "them, else random initialisation)")
@@ -270,7 +273,7 @@ def _training_overrides(args: argparse.Namespace) -> tuple:
     except ValueError as e:
         raise ValueError(f"--training-config {args.training_config}: {e}") from None
     for key in ("optimizer", "learning_rate", "lr_schedule", "batch_size", "label_smoothing",
-                "random_erasing", "pretrained_weights", "checkpoint_dir", "warm_start", "prior_correction",
+                "random_erasing", "camera", "pretrained_weights", "checkpoint_dir", "warm_start", "prior_correction",
                 "calibration_temperature", "average_from", "ensemble"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)

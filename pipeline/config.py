@@ -115,6 +115,10 @@ class TrainingConfig(_DictMixin):
     # training faces that get one rectangle (trainer model.ERASING: 2-40% of the face)
     # filled with a random grey. 0 = off. Only with augment.
     random_erasing: float = 0.0
+    # Camera distortions on top of those (trainer model.RandomCamera): exposure, contrast,
+    # blur and sensor noise, each drawn for a training face with this probability, at a
+    # random strength. 0 = off. Only with augment.
+    camera: float = 0.0
     # Response to class imbalance: 'class_weight' (weights n / (k * n_c) from the
     # class counts of the training data), 'oversample' (every class drawn equally
     # often) or 'none'.
@@ -199,6 +203,8 @@ class TrainingConfig(_DictMixin):
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not 0.0 <= self.random_erasing <= 1.0:
             raise ValueError(f"random_erasing must be in [0, 1], got {self.random_erasing}")
+        if not 0.0 <= self.camera <= 1.0:
+            raise ValueError(f"camera must be in [0, 1], got {self.camera}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.learning_rate <= 0 or not 0 < self.fine_tune_lr_factor <= 1 or self.freeze_epochs < 0:

@@ -179,6 +179,57 @@ def test_training_model_adds_random_erasing_only_when_asked():
         TrainingConfig(random_erasing=2.0)
 
 
+def test_camera_distortions_are_the_ones_their_draws_say():
+    layer = model_lib.RandomCamera(probability=0.5, exposure=0.4, contrast=0.5, noise=0.1, blur=1.0)
+    noise = np.random.default_rng(4).standard_normal(FACES[:4].shape).astype("float32")
+    never = [0.9, 0, 0, 0.9, 0, 0.9, 0, 0.9, 0]
+    table = np.array([
+        [0.1, 1.0, 0.2, 0.9, 0, 0.9, 0, 0.9, 0],      # darker by the whole range: x 0.4
+        [0.1, 0.5, 0.7, 0.9, 0, 0.9, 0, 0.9, 0],      # brighter, half the range: 1 - (1 - x) 0.7
+        [0.9, 0, 0, 0.1, 1.0, 0.9, 0, 0.1, 0.5],      # contrast x 0.5 about the mean, noise sigma 0.05
+        never], "float32")
+    seen = np.asarray(layer.distort(FACES[:4], table, noise))
+    np.testing.assert_allclose(seen[0], FACES[0] * 0.4, atol=1e-6)
+    np.testing.assert_allclose(seen[1], 1 - (1 - FACES[1]) * 0.7, atol=1e-6)
+    mean = FACES[2].mean()
+    np.testing.assert_allclose(seen[2], np.clip(mean + (FACES[2] - mean) * 0.5 + 0.05 * noise[2], 0, 1), atol=1e-5)
+    np.testing.assert_allclose(seen[3], FACES[3], atol=1e-6)
+    # blur at full weight: twice the 3x3 binomial, edges mirrored; a constant face stays constant
+    flat = np.full((1, 48, 48, 1), 0.3, "float32")
+    blurred = np.asarray(layer.distort(flat, np.array([[0.9, 0, 0, 0.9, 0, 0.1, 1.0, 0.9, 0]], "float32"),
+                                       np.zeros_like(flat)))
+    np.testing.assert_allclose(blurred, flat, atol=1e-6)
+    sharp = np.zeros((1, 48, 48, 1), "float32")
+    sharp[0, 24, 24] = 1.0
+    spread = np.asarray(layer.distort(sharp, np.array([[0.9, 0, 0, 0.9, 0, 0.1, 1.0, 0.9, 0]], "float32"),
+                                      np.zeros_like(sharp)))[0, :, :, 0]
+    taps = np.array([1, 4, 6, 4, 1]) / 16
+    np.testing.assert_allclose(spread[22:27, 22:27], np.outer(taps, taps), atol=1e-6)
+    assert spread.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_camera_distortions_are_the_identity_at_inference_and_stay_in_range_in_training():
+    layer = model_lib.RandomCamera(probability=1.0, seed=5)
+    np.testing.assert_array_equal(np.asarray(layer(FACES, training=False)), FACES)
+    seen = np.asarray(layer(np.repeat(FACES[:1], 64, axis=0), training=True))
+    assert seen.shape == (64, 48, 48, 1) and seen.min() >= 0 and seen.max() <= 1
+    assert (np.abs(seen - FACES[:1]).mean(axis=(1, 2, 3)) > 1e-3).all()   # every face changed
+    assert len({float(np.round(face.mean(), 4)) for face in seen}) > 32   # each its own way
+    np.testing.assert_array_equal(np.asarray(model_lib.RandomCamera(0.0)(FACES, training=True)), FACES)
+    with pytest.raises(ValueError, match="must be in \\[0, 1\\], got probability=1.5"):
+        model_lib.RandomCamera(probability=1.5)
+
+
+def test_training_model_adds_camera_distortions_only_when_asked():
+    network = model_lib.build("compact", 7)
+    names = lambda config: [layer.name for layer in model_lib.training_model(network, config).layers]
+    assert "camera" not in names(TrainingConfig(model="compact"))
+    assert names(TrainingConfig(model="compact", camera=0.5, random_erasing=0.5))[1:4] == \
+        ["augmentation", "random_erasing", "camera"]
+    with pytest.raises(ValueError, match="camera must be in"):
+        TrainingConfig(camera=-0.1)
+
+
 def test_unknown_model_name_is_rejected():
     with pytest.raises(ValueError, match="unknown model 'resnet9'"):
         model_lib.build("resnet9", 7)

@@ -377,7 +377,8 @@ def test_standalone_trainer_on_jax_and_the_pipeline_warm_started_from_its_weight
         [sys.executable, "-c", STANDALONE, "--data", str(fer2013_root), "--output", str(out),
          "--model", "dcnn", "--classes", ",".join(SUBSET), "--epochs", "1", "--per-class", "30",
          "--teacher-model", "compact", "--teacher-weights", teacher, "--teacher-flip",
-         "--teacher-online", "--imbalance", "none"],   # the teacher inside the JAX training step
+         "--teacher-online", "--imbalance", "none",   # the teacher inside the JAX training step
+         "--camera", "0.5"],                            # and the camera distortions
         capture_output=True, text=True, timeout=900, env=dict(os.environ, KERAS_BACKEND="jax"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"backend": "jax"}  # and no TensorFlow
@@ -891,7 +892,8 @@ def test_checkpoint_key_ignores_what_only_the_export_applies(tmp_path):
     assert key(prior_correction=0.5, calibration_temperature=1.3) == key()
 
 
-@pytest.mark.parametrize("field, value, other", [("random_erasing", 0.5, 0.25), ("average_from", 3, 1)])
+@pytest.mark.parametrize("field, value, other", [("random_erasing", 0.5, 0.25), ("camera", 0.5, 0.25),
+                                                  ("average_from", 3, 1)])
 def test_checkpoint_key_follows_a_newer_setting_only_when_it_is_on(field, value, other, tmp_path):
     """Turning random erasing or weight averaging on starts a fresh checkpoint directory
     (an average holds the epochs of its own run only); leaving it off keeps the directory a

@@ -33,6 +33,10 @@ INPUT_SHAPE: Tuple[int, int, int] = (features.IMAGE_SIZE, features.IMAGE_SIZE,
 AUGMENTATION = dict(flip=True, rotation=0.05, shift=0.1, zoom=0.1)
 # Random erasing's rectangle (`RandomErasing`): its share of the face and height / width.
 ERASING = dict(area=(0.02, 0.4), aspect=(0.3, 3.3))
+# Camera distortions (`RandomCamera`): the least exposure and contrast factor, the most
+# noise (sigma, of the [0, 1] grey range: 24 grey levels) and the most blur (weight of a
+# 3x3 binomial blur, applied twice).
+CAMERA = dict(exposure=0.35, contrast=0.35, noise=24 / 255, blur=1.0)
 
 
 @keras.saving.register_keras_serializable(package="fer")
@@ -176,6 +180,81 @@ class RandomErasing(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "probability": self.probability, "area": list(self.area),
                 "aspect": list(self.aspect), "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="fer")
+class RandomCamera(layers.Layer):
+    """Training-time camera distortions, after the affine transform and random erasing: each
+    of four drawn independently per face with probability `probability`, at a strength drawn
+    uniformly: exposure (darker, x f, or brighter, 1 - (1 - x) f, for f in [`exposure`, 1]),
+    contrast (about the face's mean, x c for c in [`contrast`, 1]), out-of-focus blur (a 3x3
+    binomial blur applied twice, mixed in at a weight up to `blur`) and Gaussian sensor noise
+    (sigma up to `noise`), clipped to [0, 1]. FER2013's faces are clean web crops; a network
+    trained on them alone loses most of its accuracy to camera noise a webcam makes
+    (`pipeline.robustness`, RESULTS.md *Robustness*). The identity at inference. Pure
+    keras.ops (a depthwise convolution, masks), any backend."""
+
+    # Part of the checkpoint key, as RandomFaceTransform.VERSION.
+    VERSION = 1
+
+    def __init__(self, probability: float = 0.5, exposure: float = CAMERA["exposure"],
+                 contrast: float = CAMERA["contrast"], noise: float = CAMERA["noise"],
+                 blur: float = CAMERA["blur"], seed: Optional[int] = None, **kwargs):
+        super().__init__(**kwargs)
+        if not (0 <= probability <= 1 and 0 <= exposure <= 1 and 0 <= contrast <= 1 and 0 <= noise <= 1
+                and 0 <= blur <= 1):
+            raise ValueError(f"probability, exposure, contrast, noise and blur must be in [0, 1], got "
+                             f"probability={probability}, exposure={exposure}, contrast={contrast}, "
+                             f"noise={noise}, blur={blur}")
+        self.probability, self.exposure, self.contrast = probability, exposure, contrast
+        self.noise, self.blur, self.seed = noise, blur, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def draw(self, batch_size):
+        """[batch, 9] uniform [0, 1) draws: exposure (< probability), its strength, darker (<
+        0.5) or brighter, contrast (< probability), its strength, blur (< probability), its
+        weight, noise (< probability), its sigma."""
+        return keras.random.uniform((batch_size, 9), 0.0, 1.0, seed=self.seed_generator)
+
+    def call(self, images, training=None):
+        if not training or self.probability == 0:
+            return images
+        noise = keras.random.normal(ops.shape(images), seed=self.seed_generator)
+        return self.distort(images, self.draw(ops.shape(images)[0]), noise)
+
+    def distort(self, images, draws, noise):
+        """`images` ([N, H, W, C] in [0, 1]) with the distortions that `draws` (see `draw`) and
+        `noise` (standard normal, the images' shape) stand for."""
+        draws = ops.cast(draws, images.dtype)
+
+        def per_face(column):
+            return ops.reshape(draws[:, column], (-1, 1, 1, 1))
+
+        def chosen(column):
+            return ops.cast(per_face(column) < self.probability, images.dtype)
+
+        factor = 1 - chosen(0) * per_face(1) * (1 - self.exposure)
+        darker = ops.cast(per_face(2) < 0.5, images.dtype)
+        x = darker * images * factor + (1 - darker) * (1 - (1 - images) * factor)
+        mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+        x = mean + (x - mean) * (1 - chosen(3) * per_face(4) * (1 - self.contrast))
+        channels = images.shape[-1]
+        taps = np.outer([1, 2, 1], [1, 2, 1]).astype("float32") / 16
+        kernel = ops.cast(np.tile(taps[:, :, None, None], (1, 1, channels, 1)), images.dtype)
+        blurred = x
+        for _ in range(2):
+            padded = ops.pad(blurred, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="symmetric")
+            blurred = ops.depthwise_conv(padded, kernel, padding="valid")
+        x = x + chosen(5) * per_face(6) * self.blur * (blurred - x)
+        x = x + chosen(7) * per_face(8) * self.noise * ops.cast(noise, images.dtype)
+        return ops.clip(x, 0.0, 1.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "probability": self.probability, "exposure": self.exposure,
+                "contrast": self.contrast, "noise": self.noise, "blur": self.blur, "seed": self.seed}
 
 
 class View(NamedTuple):
@@ -462,14 +541,17 @@ def unfold_batch_norm(folded: keras.Model, network: keras.Model) -> keras.Model:
 
 
 def with_augmentation(network: keras.Model, seed: int = 42, erasing: float = 0.0,
-                      distillation: Optional[OnlineDistillation] = None) -> keras.Model:
+                      distillation: Optional[OnlineDistillation] = None, camera: float = 0.0) -> keras.Model:
     """The training model: the augmentation layer, random erasing with probability `erasing`
-    (none at 0), then `network` (sharing its weights); with `distillation`, its teachers
-    see the same augmented faces as `network`."""
+    (none at 0), camera distortions each with probability `camera` (none at 0), then
+    `network` (sharing its weights); with `distillation`, its teachers see the same
+    augmented faces as `network`."""
     inputs = keras.Input(shape=network.input_shape[1:], name=features.PIXELS_KEY)
     x = augmentation(seed)(inputs)
     if erasing:
         x = RandomErasing(erasing, **ERASING, seed=seed + 1, name="random_erasing")(x)
+    if camera:
+        x = RandomCamera(camera, **CAMERA, seed=seed + 2, name="camera")(x)
     outputs = network(x)
     if distillation is not None:
         outputs = distillation(x, outputs)
@@ -485,7 +567,7 @@ def training_model(network: keras.Model, training: "config.TrainingConfig",
             raise ValueError("online distillation teaches on the augmented faces: it needs augmentation on "
                              "(without it, the same teacher's precomputed targets are the same and cheaper)")
         return network
-    return with_augmentation(network, training.seed, training.random_erasing, distillation)
+    return with_augmentation(network, training.seed, training.random_erasing, distillation, training.camera)
 
 
 def build_dcnn(input_shape: Tuple[int, int, int] = INPUT_SHAPE, num_classes: int = 7) -> keras.Model:

@@ -393,7 +393,7 @@ def checkpoint_key(config: TrainingConfig, data_id: str) -> str:
     # The epoch count only says when to stop, except under the cosine, whose curve it sets.
     ignored = tuple(f for f in _STOPPING_FIELDS if not (f == "epochs" and config.lr_schedule == "cosine"))
     identity = {k: v for k, v in recipe.items() if k not in ignored + _EXPORT_FIELDS}
-    for field in ("random_erasing", "average_from"):  # keys from before they existed stay valid
+    for field in ("random_erasing", "camera", "average_from"):  # keys from before they existed stay valid
         if not getattr(config, field):
             identity.pop(field, None)
     if config.augment:
@@ -402,6 +402,8 @@ def checkpoint_key(config: TrainingConfig, data_id: str) -> str:
         if config.random_erasing:
             identity["augmentation"]["erasing"] = dict(model_lib.ERASING,
                                                        version=model_lib.RandomErasing.VERSION)
+        if config.camera:
+            identity["augmentation"]["camera"] = dict(model_lib.CAMERA, version=model_lib.RandomCamera.VERSION)
     key = hashlib.sha256(json.dumps({"recipe": identity, "data": data_id}, sort_keys=True).encode())
     return key.hexdigest()[:16]
 

@@ -400,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="adamw's decoupled weight decay (default: 0, meaning Keras' 1e-4)")
     parser.add_argument("--random-erasing", type=float, default=0.0,
                         help="share of training faces with one random rectangle erased (default: 0)")
+    parser.add_argument("--camera", type=float, default=0.0,
+                        help="probability of each camera distortion (exposure, contrast, blur, noise) "
+                             "for a training face (default: 0)")
     parser.add_argument("--imbalance", choices=("class_weight", "none"), default=TrainingConfig.imbalance)
     parser.add_argument("--patience", type=int, default=TrainingConfig.early_stopping_patience)
     parser.add_argument("--reduce-lr-patience", type=int,
@@ -454,7 +457,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             model=args.model, classes=features.validate_classes(args.classes.split(",")),
             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
             optimizer=args.optimizer, label_smoothing=args.label_smoothing, imbalance=args.imbalance,
-            weight_decay=args.weight_decay, random_erasing=args.random_erasing,
+            weight_decay=args.weight_decay, random_erasing=args.random_erasing, camera=args.camera,
             early_stopping_patience=args.patience,
             reduce_lr_patience=(args.reduce_lr_patience if args.reduce_lr_patience is not None
                                 else max(1, args.patience // 2)), lr_schedule=args.lr_schedule,
