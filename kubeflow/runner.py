@@ -23,7 +23,7 @@ from pipeline import features
 from pipeline.config import (IMBALANCE_STRATEGIES, IngestConfig, PROFILES, TrainingConfig,
                              TuningConfig, ValidationConfig,
                              profile_configs, serving_model_name, with_overrides)
-from pipeline.pipeline import create_pipeline
+from pipeline.pipeline import LATEST_BLESSED, create_pipeline
 
 # Where kubeflow/Dockerfile puts the repository inside the image (WORKDIR).
 IMAGE_WORKDIR = "/pipeline"
@@ -42,7 +42,7 @@ def _require_remote(key: str, uri: str) -> str:
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
     if not scheme or scheme == "file":
         raise ConfigError(f"{key} must be an object-storage URI every pod can reach "
-                          f"(gs://, s3://, ...), not the local path {uri!r}")
+                          f"(gs://), not the local path {uri!r}")
     return uri.rstrip("/")
 
 
@@ -97,6 +97,9 @@ class KubeflowConfig:
     min_accuracy: Optional[float] = None
     pipeline_name: str = ""
     baseline_data: str = ""   # the previous span (same layout and splits): drift baseline
+    # The no-regression gate's baseline: an earlier Trainer's model artifact URI, imported
+    # (open-source KFP runs no resolver executors, so not the latest blessed model); "": none.
+    regression_baseline: str = ""
     annotations: str = ""     # CSV keyed by image_id on object storage ...
     annotation_columns: Tuple[str, ...] = ()  # ... and its columns (not read at compile time)
     validation: ValidationConfig = ValidationConfig()
@@ -163,6 +166,12 @@ def load_config(path: str = DEFAULT_CONFIG, **overrides: Any) -> KubeflowConfig:
         _require_remote(key, getattr(config, key))
     if config.baseline_data:
         _require_remote("baseline_data", config.baseline_data)
+    if config.regression_baseline == LATEST_BLESSED:
+        raise ConfigError(f"regression_baseline: {LATEST_BLESSED!r} needs a resolver, which open-source "
+                          "Kubeflow Pipelines does not run; give an earlier Trainer's model artifact URI "
+                          "(<pipeline_root>/.../Trainer/model/<id>) or leave it empty")
+    if config.regression_baseline:
+        _require_remote("regression_baseline", config.regression_baseline)
     if bool(config.annotations) != bool(config.annotation_columns):
         raise ConfigError("annotations and annotation_columns go together: name the CSV and "
                           "its columns (besides image_id)")
@@ -178,7 +187,7 @@ def load_config(path: str = DEFAULT_CONFIG, **overrides: Any) -> KubeflowConfig:
 
 
 _STRINGS = ("image", "pipeline_root", "data", "serving_dir", "layout", "profile", "model", "pipeline_name",
-            "baseline_data", "annotations", "imbalance", "schema_file")
+            "baseline_data", "regression_baseline", "annotations", "imbalance", "schema_file")
 _LISTS = ("splits", "classes", "beam_pipeline_args", "annotation_columns")
 _MAPPINGS = ("validation", "tuning", "training")
 
@@ -237,7 +246,8 @@ def build(config: KubeflowConfig) -> tfx.dsl.Pipeline:
         validation=config.validation,
         tuning=config.tuning,
         serving_model_dir=f"{config.serving_dir}/{config.name}",
-        beam_pipeline_args=list(config.beam_pipeline_args))
+        beam_pipeline_args=list(config.beam_pipeline_args),
+        regression_baseline=config.regression_baseline)
     gpu = config.trainer_gpu
     resources = _RESOURCE_SPEC(cpu_limit=gpu.cpu_limit, memory_limit=gpu.memory_limit_gb)
     if gpu.count:

@@ -24,6 +24,8 @@ PREPROCESSING_FN = "components.transform.preprocessing.preprocessing_fn"
 RUN_FN = "components.trainer.run.run_fn"
 TUNER_FN = "components.trainer.tuner.tuner_fn"
 AUDIT_GATE_ID = "AuditGate"
+LATEST_BLESSED = "latest"   # regression_baseline: the latest model the AuditGate blessed
+BASELINE_IMPORTER_ID = "regression_baseline_importer"
 
 
 def create_pipeline(
@@ -43,6 +45,7 @@ def create_pipeline(
     beam_pipeline_args: Optional[List[str]] = None,
     enable_cache: bool = True,
     validate_only: bool = False,
+    regression_baseline: str = LATEST_BLESSED,
 ) -> tfx.dsl.Pipeline:
     """ExampleGen -> statistics/schema/validation gate -> Transform -> Trainer -> Evaluator ->
     AuditGate -> Pusher.
@@ -51,6 +54,11 @@ def create_pipeline(
     previous span that the new one is checked for drift against. `validate_only` ends
     the pipeline at the data-validation gate (check new data without training).
     `tuning.enabled` puts a Tuner before the Trainer, whose best hyperparameters it uses.
+    `regression_baseline`, the model the no-regression gate compares with: `LATEST_BLESSED`
+    (a resolver finds the latest model the AuditGate blessed; the local runners), the URI of
+    an earlier Trainer's model artifact (imported; open-source Kubeflow Pipelines runs
+    importers but no resolvers), or "" (no baseline: the accuracy floor and the fairness
+    gate still decide the push).
     """
     classes = ",".join(training.classes)
     # Reads FER2013 (folder, CSV or zip), validates every record, reports the bad ones.
@@ -105,15 +113,24 @@ def create_pipeline(
         return _pipeline(pipeline_name, pipeline_root, components, enable_cache,
                          metadata_connection_config, beam_pipeline_args)
 
-    # The latest blessed model, the baseline of the no-regression gate.
-    # The regression baseline: the latest model the AuditGate (accuracy AND fairness) blessed.
-    # Its AuditBlessing type keeps the Evaluator's own blessings out of this channel.
-    baseline = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=AuditBlessing),
-    ).with_id("latest_blessed_model_resolver")
-    components.append(baseline)
+    baseline_model = None
+    if regression_baseline == LATEST_BLESSED:
+        # The regression baseline: the latest model the AuditGate (accuracy AND fairness) blessed.
+        # Its AuditBlessing type keeps the Evaluator's own blessings out of this channel.
+        baseline = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=AuditBlessing),
+        ).with_id("latest_blessed_model_resolver")
+        components.append(baseline)
+        baseline_model = baseline.outputs["model"]
+    elif regression_baseline:
+        # A chosen earlier model: a Trainer's model artifact (its Format-Serving/ inside).
+        baseline = tfx.dsl.Importer(
+            source_uri=regression_baseline, artifact_type=tfx.types.standard_artifacts.Model,
+        ).with_id(BASELINE_IMPORTER_ID)
+        components.append(baseline)
+        baseline_model = baseline.outputs["result"]
 
     # Nothing is transformed or trained on data the gate blocked.
     with tfx.dsl.Cond(gate.outputs["report"].future()[0].custom_property(BLOCKED_PROPERTY) == 0):
@@ -148,7 +165,7 @@ def create_pipeline(
         evaluator = tfx.components.Evaluator(
             examples=example_gen.outputs["examples"],
             model=trainer.outputs["model"],
-            baseline_model=baseline.outputs["model"],
+            baseline_model=baseline_model,
             example_splits=["eval"],
             eval_config=make_eval_config(training.classes, gates, ingest.annotation_columns))
         # Fairness gate, audit report and model card; its blessing is the one that counts.
@@ -157,7 +174,7 @@ def create_pipeline(
             blessing=evaluator.outputs["blessing"],
             model=trainer.outputs["model"],
             examples=example_gen.outputs["examples"],
-            baseline_model=baseline.outputs["model"],
+            baseline_model=baseline_model,
             gates=gates.to_json(),
             classes=classes, pipeline=pipeline_name,
             annotation_columns=",".join(ingest.annotation_columns)).with_id(AUDIT_GATE_ID)

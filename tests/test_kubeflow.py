@@ -11,7 +11,7 @@ from google.protobuf import json_format
 
 from components.example_gen import fer2013
 from kubeflow import runner
-from pipeline import cli, run
+from pipeline import cli, pipeline, run
 from tests.conftest import REPO
 
 SAMPLES = sorted(glob.glob(str(REPO / "kubeflow" / "samples" / "*.yaml")))
@@ -31,13 +31,42 @@ def task_parameter(spec, task, name):
 
 
 def test_compiled_pipeline_has_the_local_pipelines_components(tmp_path):
+    """All of them but the regression baseline's resolver: open-source KFP runs no resolver
+    executors (its compiler refuses them), so nothing compiled may have one."""
     config, spec, _ = compiled(tmp_path)
     local = run.build(run.RunSettings(data="unused", output=str(tmp_path / "local")),
                       fer2013.Spans(fer2013.declared_source("folder", "/data/fer2013",
                                                             ["train", "eval"])))
-    tasks = {re.sub(r"-model(-blessing)?-resolver$", "", t) for t in spec["root"]["dag"]["tasks"]}
-    assert tasks == set(runner.component_ids(local))
+    assert set(spec["root"]["dag"]["tasks"]) == set(runner.component_ids(local)) - {"latest_blessed_model_resolver"}
     assert spec["pipelineInfo"]["name"] == config.name == "fer2013-dcnn"
+    assert all("resolver" not in executor for executor in spec["deploymentSpec"]["executors"].values())
+
+
+def test_a_regression_baseline_is_imported_from_the_configured_model_artifact(tmp_path):
+    uri = "gs://your-bucket/fer2013/pipeline-root/fer2013-dcnn/run-1/Trainer_7/model"
+    _, spec, _ = compiled(tmp_path, regression_baseline=uri)
+    executors = spec["deploymentSpec"]["executors"]
+    assert all("resolver" not in executor for executor in executors.values())
+    importer = executors[f"{pipeline.BASELINE_IMPORTER_ID}_executor"]["importer"]
+    assert importer["artifactUri"]["constantValue"]["stringValue"] == uri
+    assert importer["typeSchema"]["instanceSchema"].startswith("title: tfx.Model\n")
+    tasks = spec["root"]["dag"]["tasks"]
+    # the Evaluator and the AuditGate compare with it; without one, neither has a baseline input
+    for task in ("Evaluator", "AuditGate"):
+        source = tasks[task]["inputs"]["artifacts"]["baseline_model"]["taskOutputArtifact"]
+        assert source["producerTask"] == pipeline.BASELINE_IMPORTER_ID
+    _, plain, _ = compiled(tmp_path)
+    assert all("baseline_model" not in plain["root"]["dag"]["tasks"][task]["inputs"].get("artifacts", {})
+               for task in ("Evaluator", "AuditGate"))
+
+
+@pytest.mark.parametrize("value, message", [
+    ("latest", "regression_baseline: 'latest' needs a resolver, which open-source Kubeflow Pipelines does not run"),
+    ("runs/Trainer/model/7", "regression_baseline must be an object-storage URI"),
+])
+def test_a_regression_baseline_kubeflow_cannot_use_is_refused(value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        runner.load_config(runner.DEFAULT_CONFIG, regression_baseline=value)
 
 
 def test_previous_span_adds_drift_validation_and_the_gate_guards_transform(tmp_path):
