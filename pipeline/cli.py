@@ -83,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fairness-max-gap", type=float,
                    help="override the fairness gate: how far below overall accuracy an annotation "
                         "slice may be (default 0.10; smoke profile 1.0)")
+    p.add_argument("--regression-baseline", metavar="latest|none|MODEL_ARTIFACT",
+                   help="what the no-regression gate compares with: the latest model blessed in this "
+                        "--output (latest, the default), nothing (none), or an earlier run's Trainer "
+                        "model artifact folder (<output>/tfx/Trainer/model/<id>)")
     p.add_argument("--imbalance", choices=config.IMBALANCE_STRATEGIES,
                    help="the trainer's response to class imbalance (default: class_weight)")
     p.add_argument("--prior-correction", type=float, metavar="STRENGTH",
@@ -230,6 +234,7 @@ def _settings(args: argparse.Namespace):
         except TypeError as e:
             raise ValueError(f"training settings: {e}") from None
         _check_weights(training)
+        baseline = _regression_baseline(args.regression_baseline)
     return run.RunSettings(
         data=args.data, output=args.output, profile=args.profile, runner=args.runner,
         classes=classes,
@@ -240,8 +245,26 @@ def _settings(args: argparse.Namespace):
         **({} if validate_only else dict(model=args.model, epochs=args.epochs,
                                          min_accuracy=args.min_accuracy, imbalance=args.imbalance,
                                          fairness_max_gap=args.fairness_max_gap,
+                                         regression_baseline=baseline,
                                          training_overrides=overrides,
                                          tuning=_tuning(args, TuningConfig))))
+
+
+def _regression_baseline(value: Optional[str]) -> str:
+    """`create_pipeline`'s regression_baseline for --regression-baseline: LATEST_BLESSED, ""
+    (none) or a Trainer model artifact (a local one checked to hold its Format-Serving/)."""
+    from pipeline.pipeline import LATEST_BLESSED
+
+    if value in (None, LATEST_BLESSED):
+        return LATEST_BLESSED
+    if value == "none":
+        return ""
+    if "://" in value:
+        return value
+    if not os.path.isdir(os.path.join(value, "Format-Serving")):
+        raise ValueError(f"--regression-baseline {value}: not a Trainer model artifact (no Format-Serving/ "
+                         "inside; give <output>/tfx/Trainer/model/<id>, 'latest' or 'none')")
+    return os.path.abspath(value)
 
 
 def _check_weights(training) -> None:

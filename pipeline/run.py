@@ -26,7 +26,7 @@ from components.example_gen import annotations, fer2013
 from pipeline import features, summary
 from pipeline.config import (DIRECT_MODES, RUNNERS, IngestConfig, TuningConfig, ValidationConfig,
                              profile_configs, serving_model_name, with_overrides)
-from pipeline.pipeline import create_pipeline
+from pipeline.pipeline import LATEST_BLESSED, create_pipeline
 
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema", "schema.pbtxt")
 
@@ -49,6 +49,7 @@ class RunSettings:
     imbalance: Optional[str] = None    # override the trainer's response to class imbalance
     annotations: Optional[str] = None  # CSV keyed by image_id: slices for the Evaluator
     fairness_max_gap: Optional[float] = None  # override the profile's fairness gate
+    regression_baseline: str = LATEST_BLESSED  # or "" (none), or a Trainer model artifact
     validation: ValidationConfig = ValidationConfig()
     # TrainingConfig fields to override, as (name, value) pairs (--training-config and flags).
     training_overrides: Tuple[Tuple[str, Any], ...] = ()
@@ -129,7 +130,8 @@ def build(settings: RunSettings, spans: fer2013.Spans) -> tfx.dsl.Pipeline:
             where["metadata"]),
         beam_pipeline_args=beam_args(settings),
         enable_cache=settings.enable_cache,
-        validate_only=settings.validate_only)
+        validate_only=settings.validate_only,
+        regression_baseline=settings.regression_baseline)
 
 
 @contextlib.contextmanager

@@ -12,12 +12,14 @@ import tensorflow as tf
 from PIL import Image
 from tfx.components.trainer.fn_args_utils import FnArgs
 
+from components.audit import audit
 from components.example_gen.fer2013 import make_example
 from components.trainer import export
 from components.trainer.recipe import prior_log_bias
 from components.trainer.run import run_fn
 from pipeline import cli, features
 from pipeline.config import profile_configs
+from pipeline.pipeline import BASELINE_IMPORTER_ID
 from tests.conftest import FER2013_TRAIN_COUNTS, SMOKE_ANNOTATIONS, encode, real_images, run_smoke
 
 NODES = ("Fer2013ExampleGen", "StatisticsGen", "CuratedSchemaGen", "ExampleValidator",
@@ -75,6 +77,32 @@ def test_impossible_accuracy_threshold_blocks_the_push(smoke, fer2013_root):
     assert any("sparse_categorical_accuracy on overall" in f for f in failures), failures
     assert "Blessed: NO" in stdout and "Pushed: nothing" in stdout
     assert len(os.listdir(os.path.join(output, "serving", "fer2013-dcnn"))) == 1
+
+
+def test_a_chosen_regression_baseline_is_imported_and_none_drops_it(smoke, fer2013_root, capsys):
+    """--regression-baseline: an earlier Trainer's model artifact comes in through an
+    Importer (the way a Kubeflow run gets one: open-source KFP runs no resolver) and the
+    Evaluator and AuditGate compare with it; `none` leaves them without a baseline."""
+    output, first, _ = smoke
+    model_uri = glob.glob(os.path.join(output, "tfx", "Trainer", "model", "*"))
+    assert len(model_uri) == 1
+    annotations = ("--annotations", str(output.parent / SMOKE_ANNOTATIONS), "--min-accuracy", "1.01")
+    for baseline, expected in ((model_uri[0], model_uri[0]), ("none", None)):
+        summary, _ = run_smoke(fer2013_root, output, "--regression-baseline", baseline, *annotations)
+        nodes = set(summary["components"])
+        assert "latest_blessed_model_resolver" not in nodes
+        assert (BASELINE_IMPORTER_ID in nodes) == (expected is not None)
+        assert summary["components"]["Trainer"]["state"] == "CACHED"
+        with open(os.path.join(summary["audit"]["report_dir"], audit.AUDIT_JSON)) as f:
+            assert json.load(f)["lineage"]["baseline_model_uri"] == expected
+        # compared with itself: no regression, only the impossible floor fails
+        failures = summary["evaluation"]["validation"]["failures"]
+        assert failures and all("overall" in f and "change" not in f.lower() for f in failures), failures
+        assert not summary["pushed"]
+    assert cli.main(["run", "--data", str(fer2013_root), "--output", str(output.parent / "unused"),
+                     "--regression-baseline", str(output / "serving")]) == 2
+    err = capsys.readouterr().err
+    assert "not a Trainer model artifact" in err and len(err.strip().splitlines()) == 1
 
 
 def test_signatures_agree_and_predict_image_takes_any_jpeg_or_png(smoke):
