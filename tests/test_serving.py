@@ -422,14 +422,19 @@ def test_compose_and_kubernetes_run_the_same_server_flags_on_existing_files():
     deployment = yaml.safe_load((SERVING / "k8s" / "deployment.yaml").read_text())
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"] == service["image"] and _flags(container["args"]) == flags
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"]["path"] == f"/v1/models/{MODEL_NAME}"
+    assert container["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{MODEL_NAME}"
+    # alive while no version is loaded yet (the status endpoint answers 404 until then)
+    assert container["livenessProbe"]["tcpSocket"]["port"] in {p["name"] for p in container["ports"]}
     assert container["resources"]["requests"] and container["resources"]["limits"]
     kustomization = yaml.safe_load((SERVING / "kustomization.yaml").read_text())
     for entry in kustomization["configMapGenerator"][0]["files"]:
         assert (SERVING / entry.split("=")[-1]).is_file()
     for resource in kustomization["resources"]:
         assert (SERVING / resource).is_file()
+    # the pods' service account is created with them (else Kubernetes refuses the pods)
+    accounts = [yaml.safe_load((SERVING / r).read_text()) for r in kustomization["resources"]]
+    assert {"kind": "ServiceAccount", "name": deployment["spec"]["template"]["spec"]["serviceAccountName"]} in [
+        {"kind": a["kind"], "name": a["metadata"]["name"]} for a in accounts]
     prometheus = yaml.safe_load((SERVING / "prometheus.yml").read_text())
     monitoring = (SERVING / "config" / "monitoring.config").read_text()
     assert prometheus["scrape_configs"][0]["metrics_path"] in monitoring
