@@ -135,7 +135,9 @@ class RestClient:
         except (ValueError, AttributeError):
             message = body.decode(errors="replace")
         text = f"HTTP {code} from {self._model_url}: {_short(message)}"
-        if code == 404 or "not found" in message.lower():
+        # 404, or TF Serving's "Servable not found for request: ..." under another code; a
+        # signature or input that is "not found" in a model that is there is a bad request.
+        if code == 404 or "servable not found" in message.lower():
             return ModelNotFound(text)
         if code == 400:
             return BadRequest(text)

@@ -127,6 +127,12 @@ def test_unknown_model_and_bad_payload_give_clear_errors_without_retrying(protoc
         both_clients(server)[protocol].predict_images([b"this is not an image"])
     assert len(server.requests) == before + 1  # a client error is not retried
     assert "this is not an image" not in str(error.value)  # no payload echoed into errors
+    # a signature the model lacks: the same BadRequest over both protocols (TF Serving's
+    # REST answer says "not found in signature def", which is not a missing model)
+    client = both_clients(server)[protocol]
+    client.signature = "predict_image_tencrop"
+    with pytest.raises(clients.BadRequest, match="predict_image_tencrop"):
+        client.predict_images(FACES[:1])
 
 
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
