@@ -8,8 +8,8 @@
                      [--validation-config FILE]
     fer-pipeline validate --data PATH --output DIR [--profile ...] [--classes ...]
                      [--validation-config FILE]      (ingest and validate only)
-    fer-pipeline predict PHOTO... (--model DIR | --server URL) [--tta flip|multiview|flip_when_unsure]
-                     [--json] [--annotate OUTDIR]
+    fer-pipeline predict PHOTO... (--model DIR | --server URL [--model-name NAME])
+                     [--tta flip|multiview|flip_when_unsure] [--whole-image] [--json] [--annotate OUTDIR]
     fer-pipeline models [--models-dir DIR] [--json]   (the shipped models and their PublicTest scores)
     fer-pipeline compile --output FILE.yaml [--config kubeflow/config.yaml] [--image IMAGE]
                      [--pipeline-root URI] [--data URI] [--serving-dir URI] [--profile ...]
@@ -145,6 +145,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--timeout", type=float, default=10.0, help="seconds per server request")
     f.add_argument("--margin", type=float, default=0.2,
                    help="fraction of the face box added on each side of the crop")
+    f.add_argument("--whole-image", action="store_true",
+                   help="no face detection: each photo is one face crop (as FER2013's 48x48 faces are)")
     f.add_argument("--tta", metavar="VIEWS",
                    help="test-time augmentation: the mean over each face and its mirror image "
                         "(flip, 2 views) or both at four zooms (multiview, 8 views), by the "
@@ -209,8 +211,12 @@ def _predict(args: argparse.Namespace) -> int:
     except clients.ServingError as e:
         sys.stderr.write(f"{PROG}: {e}\n")
         return 1
-    return photos.run(args.photos, classifier, as_json=args.json, annotate_dir=args.annotate,
-                      margin=args.margin)
+    try:
+        return photos.run(args.photos, classifier, as_json=args.json, annotate_dir=args.annotate,
+                          margin=args.margin, whole_image=args.whole_image)
+    except ValueError as e:
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        return 2
 
 
 def _settings(args: argparse.Namespace):

@@ -51,6 +51,8 @@ def read_photo(path: str) -> Image.Image:
                              f"megapixels; at most {MAX_PIXELS / 1e6:.0f})")
         image.load()
         image = ImageOps.exif_transpose(image)
+    except PhotoError:
+        raise
     except UnidentifiedImageError:
         raise PhotoError(f"{path} is not an image OpenCV/PIL can read") from None
     except Image.DecompressionBombError:
@@ -101,9 +103,13 @@ def crop(image: Image.Image, box: Box, margin: float = DEFAULT_MARGIN) -> bytes:
     return out.getvalue()
 
 
-def faces_in(image: Image.Image, margin: float = DEFAULT_MARGIN) -> Tuple[List[Box], List[bytes]]:
-    boxes = detect_faces(image)
-    return boxes, [crop(image, box, margin) for box in boxes]
+def faces_in(image: Image.Image, margin: float = DEFAULT_MARGIN,
+             whole_image: bool = False) -> Tuple[List[Box], List[bytes]]:
+    """The faces the detector finds and their crops; with `whole_image`, the whole image as
+    one face (a photo that is already a face crop, as FER2013's are: the detector needs
+    more than the face to find it)."""
+    boxes = [Box(0, 0, image.width, image.height)] if whole_image else detect_faces(image)
+    return boxes, [crop(image, box, 0.0 if whole_image else margin) for box in boxes]
 
 
 def seen_in(images: Sequence[bytes], view, names: Optional[Sequence[str]] = None) -> List[bytes]:

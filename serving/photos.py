@@ -120,8 +120,13 @@ def resolve_model_dir(path: str, what: str = "--model") -> str:
 
 
 def server_client(url: str, model_name: str, timeout_s: float):
+    """A REST (http://, https://) or gRPC (grpc://, or host:port) client of TF Serving."""
+    if not timeout_s > 0:
+        raise ValueError(f"--timeout {timeout_s:g}: seconds per request, more than 0")
     if url.startswith(("http://", "https://")):
         return clients.RestClient(url, model_name, timeout_s=timeout_s)
+    if "://" in url and not url.startswith("grpc://"):
+        raise ValueError(f"--server {url}: http://host:8501 (REST), grpc://host:8500 or host:8500 (gRPC)")
     return clients.GrpcClient(url, model_name, timeout_s=timeout_s)
 
 
@@ -142,27 +147,44 @@ class PhotoResult:
 
 
 def analyze(path: str, classifier, margin: float = face_lib.DEFAULT_MARGIN,
-            annotate_dir: Optional[str] = None) -> PhotoResult:
-    """Faces, boxes and emotions of one photo; problems become `error`, not exceptions."""
+            annotate_dir: Optional[str] = None, whole_image: bool = False,
+            annotated_name: Optional[str] = None) -> PhotoResult:
+    """Faces, boxes and emotions of one photo (with `whole_image`, the photo is the face);
+    problems become `error`, not exceptions. Its annotated copy is `annotated_name` in
+    `annotate_dir` (default: `<stem>.annotated.png`)."""
     result = PhotoResult(path)
     try:
         image = face_lib.read_photo(path)
     except face_lib.PhotoError as e:
         result.status, result.error = FAILED, str(e)
         return result
-    boxes, crops = face_lib.faces_in(image, margin)
+    boxes, crops = face_lib.faces_in(image, margin, whole_image)
     if not boxes:
-        result.status, result.error = NO_FACE, f"{path}: no face found"
+        hint = " (already a face crop? --whole-image classifies it as one face)" if max(image.size) <= 96 else ""
+        result.status, result.error = NO_FACE, f"{path}: no face found{hint}"
     else:
         predictions = classifier.predict_images(crops)
         result.faces = [{"box": box.as_list(), **p.to_dict()} for box, p in zip(boxes, predictions)]
     if annotate_dir:
-        result.annotated = annotate(image, result.faces, path, annotate_dir)
+        result.annotated = annotate(image, result.faces, path, annotate_dir, annotated_name)
     return result
 
 
-def annotate(image, faces: List[Dict], path: str, out_dir: str) -> str:
-    """A copy of the photo with each face's box and label drawn on it."""
+def annotated_names(photos: Sequence[str]) -> List[str]:
+    """The file name of each photo's annotated copy: `<stem>.annotated.png`, and for photos
+    whose stems repeat (a/x.jpg, b/x.jpg) `<stem>.2.annotated.png`, ... after the first, so
+    no copy overwrites another."""
+    seen: Dict[str, int] = {}
+    names = []
+    for path in photos:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(f"{stem}.annotated.png" if seen[stem] == 1 else f"{stem}.{seen[stem]}.annotated.png")
+    return names
+
+
+def annotate(image, faces: List[Dict], path: str, out_dir: str, name: Optional[str] = None) -> str:
+    """A copy of the photo with each face's box and label drawn on it, as `name` in `out_dir`."""
     os.makedirs(out_dir, exist_ok=True)
     drawn = image.copy()
     draw = ImageDraw.Draw(drawn)
@@ -172,8 +194,7 @@ def annotate(image, faces: List[Dict], path: str, out_dir: str) -> str:
         draw.rectangle([x, y, x + w, y + h], outline=(255, 200, 0), width=width)
         text = f"{face['label']} {face['probabilities'][face['label']]:.2f}"
         draw.text((x + width, max(0, y - 12 - width)), text, fill=(255, 200, 0))
-    stem = os.path.splitext(os.path.basename(path))[0]
-    out = os.path.join(out_dir, f"{stem}.annotated.png")
+    out = os.path.join(out_dir, name or annotated_names([path])[0])
     drawn.save(out)
     return out
 
@@ -199,13 +220,17 @@ def format_text(results: List[PhotoResult]) -> str:
 
 
 def run(photos: Sequence[str], classifier, as_json: bool = False,
-        annotate_dir: Optional[str] = None, margin: float = face_lib.DEFAULT_MARGIN) -> int:
+        annotate_dir: Optional[str] = None, margin: float = face_lib.DEFAULT_MARGIN,
+        whole_image: bool = False) -> int:
     """Prints the results (on stdout; with `as_json`, the failed photos' errors too) and one
-    line on stderr for each photo that failed; 0 unless no photo could be processed at all."""
+    line on stderr for each photo that failed; 0 unless no photo could be processed at all.
+    `annotate_dir` must be a folder or not exist (ValueError)."""
+    if annotate_dir and os.path.exists(annotate_dir) and not os.path.isdir(annotate_dir):
+        raise ValueError(f"--annotate {annotate_dir}: a file, not a folder")
     results = []
-    for path in photos:
+    for path, name in zip(photos, annotated_names(photos)):
         try:
-            results.append(analyze(path, classifier, margin, annotate_dir))
+            results.append(analyze(path, classifier, margin, annotate_dir, whole_image, name))
         except clients.ServingError as e:
             results.append(PhotoResult(path, status=FAILED, error=f"{path}: {e}"))
     if as_json:

@@ -24,10 +24,10 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from components.trainer import export
-from pipeline import features
+from pipeline import cli, features
 from serving import client as clients
 from serving import faces, photos
-from tests.conftest import REPO, fer_pipeline, real_images
+from tests.conftest import FER2013, REPO, fer_pipeline, real_images
 from tests.tf_serving_fake import FakeTFServing
 
 SERVING = REPO / "serving"
@@ -269,6 +269,41 @@ def test_the_text_report_names_each_failed_photo_once_on_stderr_only(tmp_path, l
     assert photos.run([str(missing)], local) == 1   # none could be read: nothing on stdout
     printed = capsys.readouterr()
     assert printed.out == "" and printed.err.count(str(missing)) == 1
+
+
+def test_face_crops_are_classified_whole_and_repeated_names_keep_every_annotation(tmp_path, local, capsys):
+    fer = sorted((FER2013 / "test" / "happy").glob("*.jpg"))[:2]
+    if not fer:
+        pytest.skip("FER2013 not found")
+    for folder, source in zip("ab", fer):   # two 48x48 face crops, both named x.jpg
+        (tmp_path / folder).mkdir()
+        shutil.copy(source, tmp_path / folder / "x.jpg")
+    crops = [str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b" / "x.jpg")]
+    assert photos.run(crops, local, as_json=True, whole_image=True, annotate_dir=str(tmp_path / "out")) == 0
+    answered = json.loads(capsys.readouterr().out)["photos"]
+    assert [[f["box"] for f in p["faces"]] for p in answered] == [[[0, 0, 48, 48]]] * 2
+    expected = local.predict_images([open(c, "rb").read() for c in crops])
+    for photo, prediction in zip(answered, expected):   # the crop itself, as the model sees FER2013
+        assert photo["faces"][0]["label"] == prediction.label
+        assert photo["faces"][0]["probabilities"] == pytest.approx(prediction.probabilities, abs=1e-4)  # printed to 4 places
+    assert sorted(os.listdir(tmp_path / "out")) == ["x.2.annotated.png", "x.annotated.png"]
+    # without --whole-image, the detector's miss says what to do
+    assert photos.run(crops[:1], local) == 0
+    assert "no face found (already a face crop? --whole-image" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "M", "--annotate", "FILE"], "--annotate {FILE}: a file, not a folder"),
+    (["--server", "grpc://localhost:1", "--timeout", "-1"], "--timeout -1: seconds per request, more than 0"),
+    (["--server", "ftp://localhost:1"], "--server ftp://localhost:1: http://host:8501 (REST)"),
+])
+def test_predict_refuses_what_it_cannot_use_in_one_line(args, message, tmp_path, pushed, capsys):
+    existing = tmp_path / "taken.txt"
+    existing.write_text("")
+    args = [a.replace("FILE", str(existing)).replace("M", pushed[0]) if a in ("M", "FILE") else a for a in args]
+    assert cli.main(["predict", str(existing), *args]) == 2
+    err = capsys.readouterr().err
+    assert message.replace("{FILE}", str(existing)) in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
