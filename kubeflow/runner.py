@@ -159,9 +159,21 @@ def load_config(path: str = DEFAULT_CONFIG, **overrides: Any) -> KubeflowConfig:
                                       for k, v in training.items()))
     config = KubeflowConfig(**values)
     try:
-        training_config(config)  # the recipe is checked now, not in the Trainer pod
+        recipe = training_config(config)  # the recipe is checked now, not in the Trainer pod
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{path}: training: {e}") from None
+    # A relative path would be read from the Trainer pod's working folder, where nothing of
+    # this machine is: object storage, or an absolute path in the image or a mounted volume.
+    for key in ("warm_start", "pretrained_weights", "checkpoint_dir"):
+        value = getattr(recipe, key)
+        if value and "://" not in value and not value.startswith("/"):
+            raise ConfigError(f"{path}: training.{key} {value!r} is a path on this machine; the Trainer "
+                              f"pod cannot read it: give object storage (gs://...) or an absolute path "
+                              f"in the image ({IMAGE_WORKDIR}/...) or on a mounted volume")
+    for member in recipe.ensemble:
+        if not member.startswith("/"):
+            raise ConfigError(f"{path}: training.ensemble {member!r}: an absolute path in the image "
+                              f"({IMAGE_WORKDIR}/models/...) or on a mounted volume")
     for key in ("pipeline_root", "data", "serving_dir"):
         _require_remote(key, getattr(config, key))
     if config.baseline_data:

@@ -387,6 +387,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         except ValueError as e:  # ConfigError and DataError are ValueErrors
             sys.stderr.write(f"{PROG}: error: {e}\n")
             return 2
+        except OSError as e:     # the output cannot be written
+            sys.stderr.write(f"{PROG}: error: --output {args.output}: {e.strerror or e}\n")
+            return 2
     try:
         settings = _settings(args)
     except ValueError as e:

@@ -219,6 +219,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.in_flight < 1:
         parser.error(f"--in-flight: must be at least 1, got {args.in_flight}")
+    if not os.path.isdir(args.faces):
+        parser.error(f"--faces: no such folder: {args.faces}")
+    from serving.photos import resolve_model_dir
+    try:
+        resolve_model_dir(args.model)
+    except ValueError as e:
+        parser.error(str(e))
     threads = set_threads(args.intra_op_threads, args.inter_op_threads)
     faces = []
     for path in face_files(args.faces, max(args.face_count or args.batch, args.batch)):

@@ -138,6 +138,11 @@ def test_every_sample_configuration_compiles(sample, tmp_path):
     ({"epochs": "10"}, "epochs must be a whole number, got '10'"),
     ({"splits": "train"}, "splits must be a list of strings, got 'train'"),
     ({"training": ["lr"]}, "training must be a mapping, got ['lr']"),
+    ({"training": {"warm_start": "out/dcnn.weights.h5"}},
+     "training.warm_start 'out/dcnn.weights.h5' is a path on this machine; the Trainer pod cannot read it"),
+    ({"training": {"checkpoint_dir": "checkpoints"}}, "training.checkpoint_dir 'checkpoints' is a path on this machine"),
+    ({"model": "ensemble", "epochs": 0, "training": {"ensemble": ["models/fer2013-dcnn"]}},
+     "training.ensemble 'models/fer2013-dcnn': an absolute path in the image (/pipeline/models/...)"),
 ])
 def test_bad_configuration_fails_fast(override, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -167,6 +172,11 @@ def test_compile_command_reports_a_local_pipeline_root_in_one_line(tmp_path, cap
     assert len(err.strip().splitlines()) == 1
     assert cli.main(["compile", "--output", str(tmp_path / "p.yaml")]) == 0
     assert "Compiled fer2013-dcnn" in capsys.readouterr().out
+    (tmp_path / "a-file").write_text("")
+    assert cli.main(["compile", "--output", str(tmp_path / "a-file" / "p.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fer-pipeline: error: --output {tmp_path / 'a-file' / 'p.yaml'}: ")
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_dockerfile_installs_every_package_where_the_runner_expects_it():

@@ -306,6 +306,20 @@ def test_predict_refuses_what_it_cannot_use_in_one_line(args, message, tmp_path,
     assert message.replace("{FILE}", str(existing)) in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--model", "/no/such/model", "--faces", "."], "--model: no such directory: /no/such/model"),
+    (["--model", str(REPO / "models" / "fer2013-compact"), "--faces", "/no/such/faces"],
+     "--faces: no such folder: /no/such/faces"),
+])
+def test_the_benchmark_names_a_missing_model_or_face_folder_in_one_line(args, message, capsys):
+    from serving import benchmark
+
+    with pytest.raises(SystemExit) as stopped:
+        benchmark.main(args)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and message in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
 def test_photos_through_the_server_match_in_process(protocol, tmp_path, server, local, capsys):
     photo = str(compose_photo(tmp_path / "two.png", emotions=("sad", "angry")))
