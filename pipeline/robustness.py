@@ -24,6 +24,7 @@ import io
 import json
 import os
 import sys
+import time
 import zlib
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -158,7 +159,10 @@ def evaluate(model: str, data: str, corruptions: Sequence[str] = tuple(CORRUPTIO
     if not any(images.values()):
         raise ValueError(f"{data}/test: no images of {', '.join(classes)}")
     truth, clean = image_probabilities(predictor, images, per_class=per_class)
+    from components.trainer.standalone import machine
+
     report = {"model": version_dir, "signature": signature, "split": "FER2013 PublicTest (test/ folder)",
+              "machine": machine(), "date": time.strftime("%Y-%m-%d"),
               "examples": int(len(truth)), "classes": classes, "clean": _scores(truth, clean, classes),
               "corruptions": {}}
     for name in corruptions:
