@@ -94,3 +94,13 @@ def test_robustness_names_a_wrong_corruption_or_signature_in_one_line(capsys):
     error = capsys.readouterr().err
     assert error.startswith("error: ") and "no image signature 'serving_default'" in error
     assert "predict_image_flip" in error and error.count("\n") == 1
+
+
+def test_the_readme_robustness_table_is_the_one_the_benchmark_files_give():
+    readme = (REPO / "README.md").read_text()
+    for name in ("resnet18", "dcnn", "compact"):
+        report = json.loads((REPO / "benchmarks" / f"robustness_{name}_publictest.json").read_text())
+        cells = [f"{report['clean']['accuracy']:.1%}"] + [
+            f"{row['mean_accuracy']:.1%}" for row in report["corruptions"].values()]
+        assert f"| `fer2013-{name}` | " + " | ".join(cells) + " |" in readme, name
+        assert list(report["corruptions"]) == list(robustness.CORRUPTIONS)
