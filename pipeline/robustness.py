@@ -69,22 +69,20 @@ def _low_resolution(face, severity, rng):
     return np.asarray(small.resize((width, height), Image.BILINEAR), np.float32)
 
 
-def _band(top: float, bottom: float, grey: float) -> Corruption:
-    def cover(face, severity, rng):
-        height = face.shape[0]
-        out = face.copy()
-        out[int(round(top * height)):int(round(bottom * height))] = grey
-        return out
-    return cover
+def _covered(face, top: float, bottom: float, grey: float):
+    """`face` with the rows from `top` to `bottom` (fractions of its height) one grey."""
+    height = face.shape[0]
+    out = face.copy()
+    out[int(round(top * height)):int(round(bottom * height))] = grey
+    return out
 
 
 def _eyes_covered(face, severity, rng):
-    top, bottom = ((0.29, 0.42), (0.25, 0.46), (0.20, 0.50))[severity - 1]
-    return _band(top, bottom, 20.0)(face, severity, rng)
+    return _covered(face, *((0.29, 0.42), (0.25, 0.46), (0.20, 0.50))[severity - 1], grey=20.0)
 
 
 def _mouth_covered(face, severity, rng):
-    return _band((0.75, 0.65, 0.55)[severity - 1], 1.0, 210.0)(face, severity, rng)
+    return _covered(face, (0.75, 0.65, 0.55)[severity - 1], 1.0, grey=210.0)
 
 
 JPEG_QUALITY = (30, 15, 8)
