@@ -79,6 +79,15 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _describe(error: Exception) -> str:
+    """An error as a person reads it: a gRPC error's status and details (its str is a
+    multi-line dump with a debug string), anything else as it prints."""
+    code, details = getattr(error, "code", None), getattr(error, "details", None)
+    if callable(code) and callable(details):
+        return f"{code().name}: {details()}"
+    return str(error)
+
+
 def _short(text: str) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "..."
@@ -94,7 +103,7 @@ def _retry(call: Callable, is_transient: Callable[[Exception], bool], retries: i
                 raise
             if attempt == retries:
                 raise Unavailable(f"{what}: still failing after {retries + 1} attempts: "
-                                  f"{_short(e)}") from e
+                                  f"{_short(_describe(e))}") from e
             time.sleep(backoff_s * (2 ** attempt))
 
 

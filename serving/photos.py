@@ -228,9 +228,17 @@ def run(photos: Sequence[str], classifier, as_json: bool = False,
     if annotate_dir and os.path.exists(annotate_dir) and not os.path.isdir(annotate_dir):
         raise ValueError(f"--annotate {annotate_dir}: a file, not a folder")
     results = []
-    for path, name in zip(photos, annotated_names(photos)):
+    names = annotated_names(photos)
+    for i, path in enumerate(photos):
         try:
-            results.append(analyze(path, classifier, margin, annotate_dir, whole_image, name))
+            results.append(analyze(path, classifier, margin, annotate_dir, whole_image, names[i]))
+        except clients.Unavailable as e:
+            # The server did not answer after its retries: the rest are not sent (each would
+            # wait as long), and each is reported.
+            results.append(PhotoResult(path, status=FAILED, error=f"{path}: {e}"))
+            results += [PhotoResult(rest, status=FAILED, error=f"{rest}: not sent: the server did not "
+                                    f"answer for {path}") for rest in photos[i + 1:]]
+            break
         except clients.ServingError as e:
             results.append(PhotoResult(path, status=FAILED, error=f"{path}: {e}"))
     if as_json:

@@ -143,9 +143,13 @@ def test_transient_failures_are_retried_then_reported(protocol, server):
     assert len(client.predict_images(FACES[:2])) == 2
     assert len(server.requests) == before + 3
     server.fail_next(5)
-    with pytest.raises(clients.Unavailable, match="3 attempts"):
+    with pytest.raises(clients.Unavailable, match="3 attempts") as error:
         client.predict_images(FACES[:1])
     server.fail_next(0)
+    # the status as a person reads it, not the RPC error's debug dump
+    assert "_InactiveRpcError" not in str(error.value) and "debug_error_string" not in str(error.value)
+    if protocol == "grpc":
+        assert "attempts: UNAVAILABLE: " in str(error.value)
 
 
 def test_a_non_transient_server_error_is_not_retried(server):
@@ -290,6 +294,24 @@ def test_face_crops_are_classified_whole_and_repeated_names_keep_every_annotatio
     # without --whole-image, the detector's miss says what to do
     assert photos.run(crops[:1], local) == 0
     assert "no face found (already a face crop? --whole-image" in capsys.readouterr().out
+
+
+def test_a_server_that_does_not_answer_is_asked_once_and_every_photo_reported(tmp_path, capsys):
+    photo = str(compose_photo(tmp_path / "two.jpg"))
+    other = str(compose_photo(tmp_path / "three.jpg"))
+
+    class Down:
+        calls = 0
+
+        def predict_images(self, images):
+            Down.calls += 1
+            raise clients.Unavailable("gRPC localhost:1 Predict: still failing after 4 attempts: UNAVAILABLE: refused")
+
+    assert photos.run([photo, other], Down()) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert Down.calls == 1 and len(err) == 2
+    assert err[0] == f"fer-pipeline predict: {photo}: gRPC localhost:1 Predict: still failing after 4 attempts: UNAVAILABLE: refused"
+    assert err[1] == f"fer-pipeline predict: {other}: not sent: the server did not answer for {photo}"
 
 
 @pytest.mark.parametrize("args, message", [
