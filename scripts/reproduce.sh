@@ -13,7 +13,7 @@
 # DRY_RUN=1 prints every command and runs none (tests/test_reproduce.py checks them
 # against the shipped models).
 #
-# Cost: on 2 CPU cores with the TensorFlow backend, about 22 hours in all (the DCNN alone
+# Cost: on 2 CPU cores with the TensorFlow backend, about 23 hours in all (the DCNN alone
 # 5.6 hours, 5-8 minutes an epoch; a ResNet-18 epoch 85-105 s, a compact one 30-50 s); on a
 # GPU run it with KERAS_BACKEND=jax (scripts/train_gpu.sh says how to check the machine
 # first). Training is not bit-for-bit deterministic: expect each stage's accuracy within
@@ -36,7 +36,9 @@
 #   compact-mv2 [resnet18-swa, 8 views; weights averaged] -> compact-swa
 #   compact-swa [resnet18-swa + dcnn-swa + compact-swa, flip; weights averaged] -> compact-swa2
 #   resnet18-swa [resnet18-swa + dcnn-swa + compact-swa2, flip; weights averaged] -> resnet18-swa2 = fer2013-resnet18
-#   compact-swa2 [resnet18-swa2 + dcnn-swa + compact-swa2, flip; weights averaged] -> compact-swa3 = fer2013-compact
+#   compact-swa2 [resnet18-swa2 + dcnn-swa + compact-swa2, flip; weights averaged] -> compact-swa3
+#   compact-swa3 [resnet18-swa2 + dcnn-swa + compact-swa3, flip; camera distortions; weights averaged]
+#     -> compact-camera = fer2013-compact
 #   compact-mv2 [resnet18-mv-hsn, 8 views] -> compact-mv2-hsn
 #   compact-mv2-hsn [resnet18-hsn-swa, 8 views; weights averaged] -> compact-hsn-swa
 #   compact-hsn-swa [resnet18-hsn-swa + dcnn-hsn-swa + compact-hsn-swa, flip; weights averaged] -> compact-hsn-swa2 = fer2013-compact-happy-sad-neutral
@@ -190,6 +192,11 @@ stage() {
     # And the compact model's third round, taught by the members of the ensemble after that.
     compact-swa3) taught_round compact-swa3 compact_resnet "$(weights compact-swa2 compact_resnet)" 40 3e-4 \
         "$(weights resnet18-swa2 resnet18),$(weights dcnn-swa dcnn),$(weights compact-swa2 compact_resnet)" ;;
+    # The same round once more, the faces with camera distortions (exposure, contrast, blur,
+    # noise; each with probability 0.3), taught by the members of fer2013-ensemble.
+    compact-camera) taught_round compact-camera compact_resnet "$(weights compact-swa3 compact_resnet)" 40 3e-4 \
+        "$(weights resnet18-swa2 resnet18),$(weights dcnn-swa dcnn),$(weights compact-swa3 compact_resnet)" \
+        --camera 0.3 ;;
     compact-mv2-hsn) train compact-mv2-hsn compact_resnet --classes $HSN --warm-start-classes $ALL7 \
         --warm-start "$(weights compact-mv2 compact_resnet)" --epochs 16 --learning-rate 5e-4 \
         --lr-schedule cosine --patience 40 \
@@ -212,7 +219,7 @@ stage() {
       ship fer2013-dcnn-happy-sad-neutral dcnn dcnn-hsn-swa --classes $HSN
       ship fer2013-resnet18 resnet18 resnet18-swa2
       ship fer2013-resnet18-happy-sad-neutral resnet18 resnet18-hsn-swa --classes $HSN
-      ship fer2013-compact compact_resnet compact-swa3
+      ship fer2013-compact compact_resnet compact-camera
       ship fer2013-compact-happy-sad-neutral compact_resnet compact-hsn-swa2 --classes $HSN
       ship_ensemble fer2013-ensemble --ensemble "$MODELS/fer2013-resnet18" "$MODELS/fer2013-dcnn" \
         "$MODELS/fer2013-compact"
@@ -225,7 +232,7 @@ stage() {
 
 STAGES=(dcnn dcnn-hsn resnet18 resnet18-restart resnet18-hsn resnet18-kd dcnn-kd resnet18-mv
         resnet18-swa dcnn-mv dcnn-swa resnet18-mv-hsn resnet18-hsn-swa compact-resnet-kd compact-mv compact-mv2
-        compact-swa compact-swa2 resnet18-swa2 compact-swa3 compact-mv2-hsn compact-hsn-swa dcnn-hsn-swa compact-hsn-swa2 ship)
+        compact-swa compact-swa2 resnet18-swa2 compact-swa3 compact-camera compact-mv2-hsn compact-hsn-swa dcnn-hsn-swa compact-hsn-swa2 ship)
 for name in "${@:-${STAGES[@]}}"; do
   stage "$name"
 done
