@@ -98,9 +98,16 @@ def test_robustness_names_a_wrong_corruption_or_signature_in_one_line(capsys):
 
 def test_the_readme_robustness_table_is_the_one_the_benchmark_files_give():
     readme = (REPO / "README.md").read_text()
-    for name in ("resnet18", "dcnn", "compact"):
+    for name, row_name in (("resnet18", "`fer2013-resnet18`"), ("dcnn", "`fer2013-dcnn`"),
+                           ("compact", "`fer2013-compact`"),
+                           ("compact_1796635826", "`fer2013-compact` before camera distortions (1796635826)")):
         report = json.loads((REPO / "benchmarks" / f"robustness_{name}_publictest.json").read_text())
         cells = [f"{report['clean']['accuracy']:.1%}"] + [
             f"{row['mean_accuracy']:.1%}" for row in report["corruptions"].values()]
-        assert f"| `fer2013-{name}` | " + " | ".join(cells) + " |" in readme, name
+        assert f"| {row_name} | " + " | ".join(cells) + " |" in readme, name
         assert list(report["corruptions"]) == list(robustness.CORRUPTIONS)
+    # the shipped compact model's file is of its shipped version
+    shipped = json.loads((REPO / "models" / "fer2013-compact" / ship.METADATA_JSON).read_text())
+    report = json.loads((REPO / "benchmarks" / "robustness_compact_publictest.json").read_text())
+    assert report["model"] == f"models/fer2013-compact/{shipped['version']}"
+    assert report["clean"]["accuracy"] == shipped["metrics_publictest"]["accuracy"]
