@@ -33,7 +33,7 @@ from PIL import Image, ImageFilter, UnidentifiedImageError
 
 from pipeline import features
 from pipeline.scoring import classification_metrics
-from pipeline.ship import image_probabilities, served_predictor, test_images
+from pipeline.ship import _predictor, image_probabilities, test_images
 
 SEVERITIES = (1, 2, 3)
 Corruption = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
@@ -151,7 +151,7 @@ def evaluate(model: str, data: str, corruptions: Sequence[str] = tuple(CORRUPTIO
     if signature not in signatures or not signature.startswith(features.PREDICT_IMAGE_SIGNATURE):
         image_signatures = sorted(s for s in signatures if s.startswith(features.PREDICT_IMAGE_SIGNATURE))
         raise ValueError(f"{version_dir}: no image signature {signature!r} (it has {', '.join(image_signatures)})")
-    predictor = served_predictor(version_dir, signature)
+    predictor = _predictor(signatures[signature])   # the loaded model, not a second load
     classes = predictor[1]
     images = test_images(data, classes)
     if not any(images.values()):
